@@ -1,0 +1,284 @@
+"""The application: settings, the task registry, routing and ``send_task``."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+from conveyor import message as wire
+from conveyor.backends import connect_backend
+from conveyor.backends.base import ResultBackend
+from conveyor.brokers import connect_broker
+from conveyor.brokers.base import Broker, BrokerOptions, OutgoingMessage, check_priority
+from conveyor.config import Settings, import_object
+from conveyor.exceptions import ConfigurationError, NotRegistered
+from conveyor.result import AsyncResult
+from conveyor.task import Task, countdown_to_eta, to_timestamp
+
+logger = logging.getLogger("conveyor.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TASK_OPTIONS = frozenset(
+    {
+        "name",
+        "bind",
+        "ignore_result",
+        "acks_late",
+        "track_started",
+        "queue",
+        "priority",
+        "max_retries",
+        "default_retry_delay",
+        "rate_limit",
+        "time_limit",
+        "soft_time_limit",
+        "typing",
+    }
+)
+
+
+class Conveyor:
+    """A conveyor application: create one per project and decorate tasks with it.
+
+    Args:
+        main: the application's name (used for tasks defined in ``__main__``).
+        broker: broker URL; default ``CONVEYOR_BROKER_URL`` or the embedded
+            SQLite file ``sqlite:///conveyor.sqlite3``.
+        backend: result backend URL; default ``CONVEYOR_RESULT_BACKEND`` or
+            the broker's URL.
+        include: modules the worker imports at start (tasks defined there).
+        **settings: any setting from the settings table, by its Celery name.
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        *,
+        include: Iterable[str] | None = None,
+        **settings: Any,
+    ):
+        self.main = main
+        self.conf = Settings()
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        if include is not None:
+            self.conf.include = tuple(include)
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[..., Any]] = {}
+        self._lock = threading.Lock()
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.main or '__main__'}>"
+
+    # -- configuration --------------------------------------------------------------
+
+    def config_from_object(self, obj: object | str, namespace: str | None = None) -> None:
+        """Read settings from an object, a module, or a ``"pkg.mod[:attr]"`` path.
+
+        With ``namespace="CELERY"`` only ``CELERY_*`` names are read (the Django
+        ``settings.py`` pattern). Unknown names are errors that suggest the
+        closest valid one.
+        """
+        if isinstance(obj, str):
+            obj = import_object(obj)
+        self.conf.from_object(obj, namespace=namespace)
+
+    def import_modules(self) -> None:
+        """Import the modules named in ``include`` and ``imports`` (worker start-up)."""
+        for name in (*self.conf.include, *self.conf.imports):
+            importlib.import_module(name)
+
+    def autodiscover_tasks(self, packages: Iterable[str], related_name: str = "tasks") -> None:
+        """Import ``<package>.tasks`` for each package that has one (as Celery does)."""
+        for package in packages:
+            try:
+                importlib.import_module(f"{package}.{related_name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{package}.{related_name}":
+                    raise
+
+    # -- storage --------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, connected on first use."""
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    options = BrokerOptions(
+                        lease_seconds=self.conf.broker_lease_timeout,
+                        max_deliveries=self.conf.broker_max_deliveries,
+                    )
+                    self._broker = connect_broker(self.broker_url, options)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend:
+        """The result backend, connected on first use."""
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = connect_backend(self.backend_url)
+        return self._backend
+
+    @property
+    def broker_url(self) -> str:
+        return self.conf.broker_url_resolved()
+
+    @property
+    def backend_url(self) -> str:
+        return self.conf.result_backend_resolved()
+
+    def close(self) -> None:
+        """Close the broker and backend connections of this process."""
+        with self._lock:
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    # -- tasks ----------------------------------------------------------------------
+
+    @overload
+    def task(self, fun: F) -> Task[..., Any]: ...
+
+    @overload
+    def task(self, fun: None = None, **options: Any) -> Callable[[F], Task[..., Any]]: ...
+
+    def task(
+        self, fun: Callable[..., Any] | None = None, **options: Any
+    ) -> Task[..., Any] | Callable[[Callable[..., Any]], Task[..., Any]]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(**options)``.
+
+        Options: name, bind, ignore_result, acks_late, track_started, queue,
+        priority, max_retries, default_retry_delay, rate_limit, time_limit,
+        soft_time_limit, typing. An unknown option is an error.
+        """
+        unknown = set(options) - _TASK_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown task option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}"
+            )
+
+        def register(f: Callable[..., Any]) -> Task[..., Any]:
+            name = options.pop("name", None) or self.gen_task_name(f)
+            if options.get("priority") is not None:
+                check_priority(options["priority"])
+            task: Task[..., Any] = Task(self, f, name=name, **options)
+            self.tasks[name] = task
+            return task
+
+        if fun is not None:
+            return register(fun)
+        return register
+
+    def gen_task_name(self, fun: Callable[..., Any]) -> str:
+        """``module.function``, as Celery names tasks (``main.function`` in ``__main__``)."""
+        module = fun.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{fun.__qualname__}"
+
+    def get_task(self, name: str) -> Task[..., Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(f"task {name!r} is not registered in {self!r}") from None
+
+    # -- routing and sending ------------------------------------------------------
+
+    def route(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Routing options for a task from ``task_routes`` (dicts, globs, callables)."""
+        routes = self.conf.task_routes
+        if routes is None:
+            return {}
+        for router in routes if isinstance(routes, list | tuple) else [routes]:
+            if callable(router):
+                found = router(name, args, kwargs, {})
+                if found:
+                    return dict(found) if not isinstance(found, str) else {"queue": found}
+                continue
+            for pattern, target in router.items():
+                if pattern == name or fnmatch.fnmatchcase(name, pattern):
+                    return dict(target) if isinstance(target, Mapping) else {"queue": target}
+        return {}
+
+    def send_task(
+        self,
+        name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        ignore_result: bool | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Send a task by name (it need not be registered in this process).
+
+        Raises:
+            conveyor.exceptions.EncodeError: an argument cannot be sent as JSON;
+                nothing is published.
+            ValueError: priority outside 0-9.
+        """
+        if options:
+            raise TypeError(f"unexpected option(s) for {name}: {sorted(options)}")
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        route = self.route(name, args, kwargs)
+        queue = queue or route.get("queue") or self.conf.task_default_queue
+        if priority is None:
+            priority = route.get("priority", self.conf.task_default_priority)
+        check_priority(priority)
+        if ignore_result is None:
+            ignore_result = self.conf.task_ignore_result
+        if isinstance(expires, int | float):
+            expires = time.time() + float(expires)
+        task_id = task_id or str(uuid.uuid4())
+        msg = wire.Message(
+            id=task_id,
+            task=name,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            priority=priority,
+            eta=countdown_to_eta(countdown, eta),
+            expires=to_timestamp(expires),
+            parent_id=parent_id,
+            root_id=root_id or task_id,
+            ignore_result=bool(ignore_result),
+            headers=dict(headers or {}),
+        )
+        body = wire.encode(msg)
+        self.broker.publish(OutgoingMessage(task_id, queue, body, priority, msg.eta))
+        return AsyncResult(task_id, self)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:
+        """A handle on a task's result by id."""
+        return AsyncResult(task_id, self)
+
+
+#: Celery's name for the same class: ``from conveyor import Celery`` migrates an app.
+Celery = Conveyor

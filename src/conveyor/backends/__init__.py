@@ -1,0 +1,45 @@
+"""Result backends: the contract (``base``) and its implementations, chosen by URL scheme."""
+
+from __future__ import annotations
+
+import threading
+
+from conveyor.backends.base import ResultBackend
+from conveyor.exceptions import ConfigurationError
+
+__all__ = ["SCHEMES", "connect_backend"]
+
+SCHEMES = ("memory://", "sqlite://")
+
+# As for brokers: the producer and an in-process worker must share one
+# memory:// backend, so there is one per name for the life of the process.
+_memory_backends: dict[str, ResultBackend] = {}
+_memory_lock = threading.Lock()
+
+
+def connect_backend(url: str) -> ResultBackend:
+    """The result backend for ``url``: ``memory://[name]`` or ``sqlite:///path/to/file.sqlite3``.
+
+    Within one process, every ``memory://`` URL with the same name returns the
+    same backend.
+
+    Raises:
+        ConfigurationError: the URL's scheme names no known backend.
+        ValueError: the URL is malformed for its scheme.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "memory":
+        from conveyor.backends.memory import MemoryResultBackend
+
+        with _memory_lock:
+            backend = _memory_backends.get(rest)
+            if backend is None:
+                backend = _memory_backends[rest] = MemoryResultBackend(url)
+            return backend
+    if sep and scheme == "sqlite":
+        from conveyor.backends.sqlite import SqliteResultBackend
+
+        return SqliteResultBackend(url)
+    raise ConfigurationError(
+        f"no result backend for {scheme + sep!r} URLs: supported schemes are {', '.join(SCHEMES)}"
+    )

@@ -1,0 +1,281 @@
+"""The broker contract: what every broker guarantees, in a few primitives.
+
+A broker moves opaque message bodies between producers and workers. It knows a
+message id, a queue, a priority (0-9, higher first), a due time and bytes;
+nothing about tasks. Everything above (retries, dead letters of undecodable
+messages, results) is built on these primitives by the layers above.
+
+Delivery life cycle::
+
+    publish ──> ready ──fetch──> in flight (lease: owner, expiry, token)
+      │ eta       ▲                │ ack ──────────> gone
+      v           │                │ release ───────> ready   (unstarted; not counted)
+    delayed ──due─┘                │ requeue ───────> ready, or dead past max_deliveries
+                                   │ retry ─────────> delayed (new body, count reset)
+                                   │ dead_letter ───> dead
+                                   └ lease expires ─> ready, or dead past max_deliveries
+                                                      (any consumer's ``reclaim``)
+
+Every call that settles a delivery is fenced by the delivery's token: once a
+lease has expired and the message was delivered again, the old token is stale
+and its ack, release, requeue, retry, dead-letter and renewal are refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+DEFAULT_LEASE_SECONDS = 10.0
+DEFAULT_MAX_DELIVERIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message to publish: an id, its queue, priority, optional due time and body."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None  # UNIX time; None or past means ready now
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One fetched copy of a message, leased to one consumer.
+
+    ``token`` fences this copy: it is the only handle that may settle it.
+    ``deliveries`` counts every delivery of the message so far, this one
+    included (1 on first delivery); crashes and lease expiries count.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    token: str
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One past delivery of a message: who took it and when."""
+
+    consumer: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that was taken out of circulation, with the reason and its history."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    reason: str
+    deliveries: int
+    died_at: float
+    history: tuple[DeliveryRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How many messages a queue holds in each state."""
+
+    queue: str
+    ready: int = 0
+    delayed: int = 0
+    in_flight: int = 0
+    dead: int = 0
+
+
+class Disposition(enum.Enum):
+    """What became of a delivery that was handed back to the broker."""
+
+    REQUEUED = "requeued"
+    DEAD = "dead"
+    STALE = "stale"  # the token was no longer current: nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """A message whose lease had expired, and where it went."""
+
+    id: str
+    queue: str
+    disposition: Disposition
+    deliveries: int
+
+
+@dataclass(slots=True)
+class BrokerOptions:
+    """Tuning shared by every broker.
+
+    ``lease_seconds``: how long a delivery stays leased without renewal; the
+    worker renews well before that, so only a dead or frozen consumer loses a
+    lease. ``max_deliveries``: deliveries after which a message that keeps
+    coming back (crash, lost lease) is dead-lettered instead.
+    """
+
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+
+
+class Broker(ABC):
+    """The contract every broker implements. Each method states its guarantee;
+    the shared contract suite (tests/contract/test_broker.py) tests that text."""
+
+    url: str
+    options: BrokerOptions
+
+    # -- producing -------------------------------------------------------------
+
+    @abstractmethod
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store every message durably before returning, all or none.
+
+        A message with ``eta`` in the future is held by the broker (never by a
+        worker) and becomes ready when due. Priority must be 0-9.
+        """
+
+    def publish(self, message: OutgoingMessage) -> None:
+        """Store one message; see ``publish_many``."""
+        self.publish_many((message,))
+
+    # -- consuming -------------------------------------------------------------
+
+    @abstractmethod
+    def fetch(
+        self, queues: Sequence[str], limit: int, *, consumer: str, timeout: float
+    ) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages from ``queues`` to ``consumer``.
+
+        Due delayed messages are made ready first. Order: highest priority
+        first, then the order in which messages became ready, across all the
+        given queues: publish order, a delayed message joining when it is due
+        (retries too), and a message handed back (release, requeue, lost
+        lease) keeping its place. ``limit`` must be at least 1. Each returned
+        delivery is leased atomically with a fresh token and its delivery count
+        incremented; no other consumer can fetch it while the lease holds.
+        Waits up to ``timeout`` seconds for the first message, and returns as
+        soon as any is ready (an empty list after the timeout).
+        """
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Remove each delivered message for good; per delivery, True if the
+        token was current, False (and nothing changed) if it was stale."""
+
+    @abstractmethod
+    def release(self, delivery: Delivery) -> bool:
+        """Return an unstarted delivery to ready at once, undoing its count.
+
+        For prefetched messages handed back at shutdown. False if stale.
+        """
+
+    @abstractmethod
+    def requeue(self, delivery: Delivery) -> Disposition:
+        """Return a delivery whose attempt was lost (its process died).
+
+        The attempt counts: if the message has been delivered
+        ``max_deliveries`` times it is dead-lettered instead (DEAD).
+        STALE if the token is no longer current.
+        """
+
+    @abstractmethod
+    def retry(self, delivery: Delivery, body: bytes, eta: float | None) -> bool:
+        """Replace the message body and hold it until ``eta``, counting anew.
+
+        An exception retry: the delivery count restarts, so retries never
+        look like crashes. False if stale.
+        """
+
+    @abstractmethod
+    def renew(self, deliveries: Sequence[Delivery]) -> set[str]:
+        """Extend the leases of these deliveries by ``lease_seconds`` from now.
+
+        Returns the ids whose token is no longer current (lease lost); those
+        leases are left untouched.
+        """
+
+    @abstractmethod
+    def reclaim(self) -> list[Reclaimed]:
+        """Return every message whose lease has expired to ready, or to the
+        dead letters once it has been delivered ``max_deliveries`` times.
+
+        Safe to call from any number of consumers at once: each expired
+        message is moved exactly once.
+        """
+
+    # -- dead letters ----------------------------------------------------------
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move a delivered message to the dead letters with ``reason``.
+
+        False (and nothing changed) if the token is stale.
+        """
+
+    @abstractmethod
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first, optionally of one queue only."""
+
+    @abstractmethod
+    def requeue_dead(self, message_id: str) -> bool:
+        """Put a dead letter back in its queue as a fresh message (count reset).
+
+        Message ids may repeat: the oldest dead letter with this id is taken.
+        """
+
+    @abstractmethod
+    def drop_dead(self, message_id: str) -> bool:
+        """Delete a dead letter for good (the oldest, if the id repeats)."""
+
+    # -- inspection ------------------------------------------------------------
+
+    @abstractmethod
+    def stats(self, queues: Iterable[str] | None = None) -> list[QueueStats]:
+        """Counts per queue; with ``queues=None`` every queue that holds anything."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue``; returns how many.
+
+        In-flight messages and dead letters are left alone.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The broker must not be used afterwards."""
+
+
+def now() -> float:
+    """The wall clock every broker uses for due times and leases."""
+    return time.time()
+
+
+def safe_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for banners and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_priority(priority: int) -> int:
+    """``priority`` if it is within 0-9, else ValueError."""
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be {MIN_PRIORITY}-{MAX_PRIORITY}, got {priority!r}")
+    return priority

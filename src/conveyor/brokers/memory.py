@@ -1,0 +1,281 @@
+"""An in-process broker for tests and ``memory://``: one lock, no persistence."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from conveyor.brokers.base import (
+    Broker,
+    BrokerOptions,
+    DeadLetter,
+    Delivery,
+    DeliveryRecord,
+    Disposition,
+    OutgoingMessage,
+    QueueStats,
+    Reclaimed,
+    check_priority,
+    now,
+)
+
+
+@dataclass(slots=True)
+class _Message:
+    seq: int
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    due_at: float  # when it became ready: its place in the queue (see the SQLite broker)
+    deliveries: int = 0
+    history: list[DeliveryRecord] = field(default_factory=list)
+    token: str = ""
+    lease_until: float = 0.0
+
+
+_Entry = tuple[int, float, int, _Message]  # heap order: priority desc, then due_at, then seq
+
+
+class MemoryBroker(Broker):
+    """A broker held in this process's memory, safe for any number of threads.
+
+    Messages do not survive the process; use it in tests, or with ``memory://``
+    when producer and worker share one process.
+    """
+
+    def __init__(self, url: str = "memory://", options: BrokerOptions | None = None):
+        self.url = url
+        self.options = options or BrokerOptions()
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._ready: dict[str, list[_Entry]] = {}
+        self._delayed: list[tuple[float, int, _Message]] = []
+        self._inflight: dict[str, _Message] = {}  # by token
+        self._dead: list[DeadLetter] = []
+
+    # -- internal moves (the caller holds the lock) ---------------------------
+
+    def _make_ready(self, message: _Message) -> None:
+        entry = (-message.priority, message.due_at, message.seq, message)
+        heapq.heappush(self._ready.setdefault(message.queue, []), entry)
+        self._cond.notify_all()
+
+    def _schedule(self, message: _Message, eta: float | None, t: float) -> None:
+        message.due_at = max(eta or t, t)
+        if message.due_at > t:
+            heapq.heappush(self._delayed, (message.due_at, message.seq, message))
+            self._cond.notify_all()  # a waiter may need to wake earlier
+        else:
+            self._make_ready(message)
+
+    def _promote(self, t: float) -> None:
+        while self._delayed and self._delayed[0][0] <= t:
+            self._make_ready(heapq.heappop(self._delayed)[2])
+
+    def _settle(self, delivery: Delivery) -> _Message | None:
+        """Take the message out of flight if ``delivery`` holds its current token."""
+        message = self._inflight.pop(delivery.token, None)
+        if message is not None:
+            message.token = ""
+        return message
+
+    def _bury(self, message: _Message, reason: str, t: float) -> None:
+        self._dead.append(
+            DeadLetter(
+                id=message.id,
+                queue=message.queue,
+                body=message.body,
+                priority=message.priority,
+                reason=reason,
+                deliveries=message.deliveries,
+                died_at=t,
+                history=tuple(message.history),
+            )
+        )
+
+    # -- the contract ---------------------------------------------------------
+
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        for m in messages:
+            check_priority(m.priority)
+        with self._cond:
+            t = now()
+            for m in messages:
+                message = _Message(next(self._seq), m.id, m.queue, m.body, m.priority, t)
+                self._schedule(message, m.eta, t)
+
+    def fetch(
+        self, queues: Sequence[str], limit: int, *, consumer: str, timeout: float
+    ) -> list[Delivery]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                t = now()
+                self._promote(t)
+                deliveries = self._claim(queues, limit, consumer, t)
+                remaining = deadline - time.monotonic()
+                if deliveries or remaining <= 0:
+                    return deliveries
+                if self._delayed:
+                    remaining = min(remaining, self._delayed[0][0] - t)
+                self._cond.wait(remaining)
+
+    def _claim(self, queues: Sequence[str], limit: int, consumer: str, t: float) -> list[Delivery]:
+        heaps = [heap for q in dict.fromkeys(queues) if (heap := self._ready.get(q))]
+        deliveries: list[Delivery] = []
+        while heaps and len(deliveries) < limit:
+            heap = min(heaps, key=lambda h: h[0][:3])
+            message = heapq.heappop(heap)[3]
+            if not heap:
+                heaps.remove(heap)
+                del self._ready[message.queue]
+            message.token = secrets.token_hex(12)
+            message.deliveries += 1
+            message.history.append(DeliveryRecord(consumer, t))
+            message.lease_until = t + self.options.lease_seconds
+            self._inflight[message.token] = message
+            deliveries.append(
+                Delivery(
+                    message.id,
+                    message.queue,
+                    message.body,
+                    message.priority,
+                    message.token,
+                    message.deliveries,
+                )
+            )
+        return deliveries
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        with self._cond:
+            return [self._settle(d) is not None for d in deliveries]
+
+    def release(self, delivery: Delivery) -> bool:
+        with self._cond:
+            message = self._settle(delivery)
+            if message is None:
+                return False
+            message.deliveries -= 1
+            message.history.pop()
+            self._make_ready(message)
+            return True
+
+    def requeue(self, delivery: Delivery) -> Disposition:
+        with self._cond:
+            message = self._settle(delivery)
+            if message is None:
+                return Disposition.STALE
+            if message.deliveries >= self.options.max_deliveries:
+                n = message.deliveries
+                self._bury(message, f"delivered {n} times; the last attempt was lost", now())
+                return Disposition.DEAD
+            self._make_ready(message)
+            return Disposition.REQUEUED
+
+    def retry(self, delivery: Delivery, body: bytes, eta: float | None) -> bool:
+        with self._cond:
+            message = self._settle(delivery)
+            if message is None:
+                return False
+            message.body = body
+            message.deliveries = 0
+            self._schedule(message, eta, now())
+            return True
+
+    def renew(self, deliveries: Sequence[Delivery]) -> set[str]:
+        with self._cond:
+            lease_until = now() + self.options.lease_seconds
+            lost: set[str] = set()
+            for d in deliveries:
+                message = self._inflight.get(d.token)
+                if message is None:
+                    lost.add(d.id)
+                else:
+                    message.lease_until = lease_until
+            return lost
+
+    def reclaim(self) -> list[Reclaimed]:
+        with self._cond:
+            t = now()
+            expired = [m for m in self._inflight.values() if m.lease_until < t]
+            reclaimed = []
+            for message in expired:
+                del self._inflight[message.token]
+                message.token = ""
+                if message.deliveries >= self.options.max_deliveries:
+                    reason = f"lease expired after {message.deliveries} deliveries (consumer gone)"
+                    self._bury(message, reason, t)
+                    disposition = Disposition.DEAD
+                else:
+                    self._make_ready(message)
+                    disposition = Disposition.REQUEUED
+                reclaimed.append(
+                    Reclaimed(message.id, message.queue, disposition, message.deliveries)
+                )
+            return reclaimed
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        with self._cond:
+            message = self._settle(delivery)
+            if message is not None:
+                self._bury(message, reason, now())
+            return message is not None
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        with self._cond:
+            found = (d for d in self._dead if queue is None or d.queue == queue)
+            return list(itertools.islice(found, max(limit, 0)))
+
+    def _pop_dead(self, message_id: str) -> DeadLetter | None:
+        for i, dead in enumerate(self._dead):
+            if dead.id == message_id:
+                return self._dead.pop(i)
+        return None
+
+    def requeue_dead(self, message_id: str) -> bool:
+        with self._cond:
+            dead = self._pop_dead(message_id)
+            if dead is not None:
+                t = now()
+                message = _Message(
+                    next(self._seq), dead.id, dead.queue, dead.body, dead.priority, t
+                )
+                self._make_ready(message)
+            return dead is not None
+
+    def drop_dead(self, message_id: str) -> bool:
+        with self._cond:
+            return self._pop_dead(message_id) is not None
+
+    def stats(self, queues: Iterable[str] | None = None) -> list[QueueStats]:
+        with self._cond:
+            self._promote(now())  # a due delayed message counts as ready
+            counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+            for queue, heap in self._ready.items():
+                counts[queue][0] += len(heap)
+            for _, _, message in self._delayed:
+                counts[message.queue][1] += 1
+            for message in self._inflight.values():
+                counts[message.queue][2] += 1
+            for dead in self._dead:
+                counts[dead.queue][3] += 1
+        names = sorted(counts) if queues is None else dict.fromkeys(queues)
+        return [QueueStats(q, *counts.get(q, ())) for q in names]
+
+    def purge(self, queue: str) -> int:
+        with self._cond:
+            purged = len(self._ready.pop(queue, ()))
+            kept = [entry for entry in self._delayed if entry[2].queue != queue]
+            purged += len(self._delayed) - len(kept)
+            heapq.heapify(kept)
+            self._delayed = kept
+            return purged

@@ -1,0 +1,377 @@
+"""The embedded default broker: one SQLite file shared by the worker processes of one machine."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+from conveyor.brokers.base import (
+    Broker,
+    BrokerOptions,
+    DeadLetter,
+    Delivery,
+    DeliveryRecord,
+    Disposition,
+    OutgoingMessage,
+    QueueStats,
+    Reclaimed,
+    check_priority,
+    now,
+)
+from conveyor.exceptions import BrokerUnavailable
+from conveyor.storage.sqlite import Database
+
+# ``due_at`` is when a message became (or becomes) ready: it is the message's
+# place in its queue, so a delayed message queues up behind what was published
+# before it came due. A message handed back (release, requeue, lost lease)
+# keeps its place. ``token`` is set only while in flight.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conveyor_messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('ready', 'delayed', 'inflight')),
+    due_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    token TEXT,
+    consumer TEXT,
+    lease_until REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    history TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS conveyor_messages_ready
+    ON conveyor_messages (queue, priority DESC, due_at, seq) WHERE state = 'ready';
+CREATE INDEX IF NOT EXISTS conveyor_messages_delayed
+    ON conveyor_messages (queue, due_at) WHERE state = 'delayed';
+CREATE INDEX IF NOT EXISTS conveyor_messages_leases
+    ON conveyor_messages (lease_until) WHERE state = 'inflight';
+CREATE UNIQUE INDEX IF NOT EXISTS conveyor_messages_tokens
+    ON conveyor_messages (token) WHERE token IS NOT NULL;
+CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    deliveries INTEGER NOT NULL,
+    died_at REAL NOT NULL,
+    history TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conveyor_dead_letters_id ON conveyor_dead_letters (id);
+CREATE INDEX IF NOT EXISTS conveyor_dead_letters_queue ON conveyor_dead_letters (queue, seq);
+"""
+
+_CLAIM = """
+UPDATE conveyor_messages
+SET state = 'inflight', token = lower(hex(randomblob(12))), consumer = :consumer,
+    lease_until = :lease_until, deliveries = deliveries + 1,
+    history = json_insert(history, '$[#]', json_array(:consumer, :now))
+WHERE seq IN (SELECT seq FROM ({candidates}) ORDER BY priority DESC, due_at, seq LIMIT :limit)
+RETURNING id, queue, body, priority, token, deliveries, due_at, seq
+"""
+# One index range per queue, merged: SQLite would sort every ready row of an IN list.
+_CANDIDATES = """SELECT * FROM (SELECT seq, priority, due_at FROM conveyor_messages
+    WHERE state = 'ready' AND queue = :q{i} ORDER BY priority DESC, due_at, seq LIMIT :limit)"""
+_NEXT_DUE = (
+    "SELECT min(due_at) AS due FROM conveyor_messages WHERE state = 'delayed' AND queue = :q{i}"
+)
+_PEEK = """SELECT
+    EXISTS (SELECT 1 FROM conveyor_messages WHERE state = 'ready' AND queue IN ({names})),
+    (SELECT min(due) FROM ({next_due}))"""
+_HAND_BACK = "state = 'ready', token = NULL, consumer = NULL, lease_until = NULL"
+_BURY = """
+INSERT INTO conveyor_dead_letters (id, queue, priority, body, reason, deliveries, died_at, history)
+SELECT id, queue, priority, body, {reason}, deliveries, :now, history
+FROM conveyor_messages WHERE {where} ORDER BY seq
+"""
+_EXPIRED = "state = 'inflight' AND lease_until < :now"
+_LEASE_EXPIRED = "'lease expired after ' || deliveries || ' deliveries (consumer gone)'"
+# Message ids may repeat (a reused task id): dead letters are settled oldest first.
+_OLDEST_DEAD = "SELECT seq FROM conveyor_dead_letters WHERE id = ? ORDER BY seq LIMIT 1"
+_CHUNK = 500  # bound on host parameters per statement
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _chunks(items: Sequence[Delivery]) -> Iterable[Sequence[Delivery]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+class SqliteBroker(Broker):
+    """A broker in one SQLite file (WAL), safe for several processes and threads.
+
+    Args:
+        url: ``sqlite:///relative.sqlite3`` or ``sqlite:////absolute/path.sqlite3``.
+        options: lease length and delivery limit.
+
+    Raises:
+        ValueError: the URL names no file (``:memory:`` cannot be shared).
+    """
+
+    def __init__(
+        self, url: str = "sqlite:///conveyor.sqlite3", options: BrokerOptions | None = None
+    ):
+        self.url = url
+        self.options = options or BrokerOptions()
+        self._db = Database(url, SCHEMA, BrokerUnavailable)
+
+    # -- producing -------------------------------------------------------------
+
+    def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        for message in messages:
+            check_priority(message.priority)
+        with self._db.transaction() as conn:
+            t = now()  # inside the write lock: due_at then follows commit order
+            conn.executemany(
+                "INSERT INTO conveyor_messages (id, queue, priority, state, due_at, body)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        m.id,
+                        m.queue,
+                        m.priority,
+                        "delayed" if m.eta is not None and m.eta > t else "ready",
+                        max(m.eta or t, t),
+                        m.body,
+                    )
+                    for m in messages
+                ],
+            )
+
+    # -- consuming -------------------------------------------------------------
+
+    def fetch(
+        self, queues: Sequence[str], limit: int, *, consumer: str, timeout: float
+    ) -> list[Delivery]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        names = {f"q{i}": q for i, q in enumerate(dict.fromkeys(queues))}
+        if not names:
+            return []
+        deadline = time.monotonic() + timeout
+        while True:
+            mark = self._db.mark()
+            # Read first: an idle consumer must not take the write lock on every wake-up.
+            ready, next_due = self._peek(names)
+            if ready or (next_due is not None and next_due <= now()):
+                deliveries = self._claim(names, limit, consumer)
+                if deliveries:
+                    return deliveries
+            if time.monotonic() >= deadline:
+                return []
+            until = deadline
+            if next_due is not None:
+                until = min(until, time.monotonic() + max(next_due - now(), 0.0))
+            self._db.wait_for_change(mark, until)
+
+    def _peek(self, names: dict[str, str]) -> tuple[bool, float | None]:
+        """Whether ``names``' queues hold a ready message; when the next delayed one is due."""
+        sql = _PEEK.format(
+            names=", ".join(f":{name}" for name in names),
+            next_due=" UNION ALL ".join(_NEXT_DUE.format(i=i) for i in range(len(names))),
+        )
+        with self._db.snapshot() as conn:
+            ready, next_due = conn.execute(sql, names).fetchone()
+        return bool(ready), next_due
+
+    def _claim(self, names: dict[str, str], limit: int, consumer: str) -> list[Delivery]:
+        """Promote the due delayed messages of the queues, then lease the best ready ones."""
+        candidates = " UNION ALL ".join(_CANDIDATES.format(i=i) for i in range(len(names)))
+        with self._db.transaction() as conn:
+            t = now()
+            conn.execute(
+                "UPDATE conveyor_messages SET state = 'ready' WHERE state = 'delayed'"
+                f" AND queue IN ({', '.join(f':{name}' for name in names)}) AND due_at <= :now",
+                {**names, "now": t},
+            )
+            params = {
+                **names,
+                "consumer": consumer,
+                "lease_until": t + self.options.lease_seconds,
+                "now": t,
+                "limit": limit,
+            }
+            rows = conn.execute(_CLAIM.format(candidates=candidates), params).fetchall()
+        rows.sort(key=lambda r: (-r[3], r[6], r[7]))  # RETURNING has no order
+        return [Delivery(*row[:6]) for row in rows]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        done: set[str] = set()
+        with self._db.transaction() as conn:
+            for chunk in _chunks(deliveries):
+                sql = (
+                    f"DELETE FROM conveyor_messages WHERE token IN ({_marks(len(chunk))})"
+                    " RETURNING token"
+                )
+                done.update(row[0] for row in conn.execute(sql, [d.token for d in chunk]))
+        return [d.token in done for d in deliveries]
+
+    def release(self, delivery: Delivery) -> bool:
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                f"UPDATE conveyor_messages SET {_HAND_BACK}, deliveries = deliveries - 1,"
+                " history = json_remove(history, '$[#-1]') WHERE token = ? RETURNING seq",
+                (delivery.token,),
+            ).fetchall()
+        return bool(rows)
+
+    def requeue(self, delivery: Delivery) -> Disposition:
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT deliveries FROM conveyor_messages WHERE token = ?", (delivery.token,)
+            ).fetchone()
+            if row is None:
+                return Disposition.STALE
+            if row[0] >= self.options.max_deliveries:
+                reason = f"delivered {row[0]} times; the last attempt was lost"
+                params = {"token": delivery.token, "reason": reason, "now": now()}
+                self._bury(conn, "token = :token", params, ":reason")
+                return Disposition.DEAD
+            conn.execute(
+                f"UPDATE conveyor_messages SET {_HAND_BACK} WHERE token = ?", (delivery.token,)
+            )
+            return Disposition.REQUEUED
+
+    def retry(self, delivery: Delivery, body: bytes, eta: float | None) -> bool:
+        with self._db.transaction() as conn:
+            t = now()
+            delayed = eta is not None and eta > t
+            rows = conn.execute(
+                f"UPDATE conveyor_messages SET {_HAND_BACK}, state = ?, due_at = ?, body = ?,"
+                " deliveries = 0 WHERE token = ? RETURNING seq",
+                ("delayed" if delayed else "ready", eta if delayed else t, body, delivery.token),
+            ).fetchall()
+        return bool(rows)
+
+    def renew(self, deliveries: Sequence[Delivery]) -> set[str]:
+        kept: set[str] = set()
+        with self._db.transaction() as conn:
+            lease_until = now() + self.options.lease_seconds
+            for chunk in _chunks(deliveries):
+                sql = (
+                    "UPDATE conveyor_messages SET lease_until = ?"
+                    f" WHERE token IN ({_marks(len(chunk))}) RETURNING token"
+                )
+                kept.update(
+                    row[0] for row in conn.execute(sql, [lease_until, *(d.token for d in chunk)])
+                )
+        return {d.id for d in deliveries if d.token not in kept}
+
+    def reclaim(self) -> list[Reclaimed]:
+        with self._db.snapshot() as conn:  # a look before taking the write lock
+            sql = f"SELECT 1 FROM conveyor_messages WHERE {_EXPIRED} LIMIT 1"
+            if conn.execute(sql, {"now": now()}).fetchone() is None:
+                return []
+        with self._db.transaction() as conn:
+            params = {"now": now(), "max": self.options.max_deliveries}
+            dead = self._bury(conn, f"{_EXPIRED} AND deliveries >= :max", params, _LEASE_EXPIRED)
+            back = conn.execute(
+                f"UPDATE conveyor_messages SET {_HAND_BACK} WHERE {_EXPIRED}"
+                " RETURNING id, queue, deliveries",
+                params,
+            ).fetchall()
+        return [Reclaimed(i, q, Disposition.DEAD, n) for i, q, n in dead] + [
+            Reclaimed(i, q, Disposition.REQUEUED, n) for i, q, n in back
+        ]
+
+    def _bury(
+        self, conn: sqlite3.Connection, where: str, params: Mapping[str, object], reason: str
+    ) -> list[tuple[str, str, int]]:
+        """Move the messages matching ``where`` to the dead letters; their id, queue, count."""
+        conn.execute(_BURY.format(reason=reason, where=where), params)
+        sql = f"DELETE FROM conveyor_messages WHERE {where} RETURNING id, queue, deliveries"
+        return conn.execute(sql, params).fetchall()
+
+    # -- dead letters ----------------------------------------------------------
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        params = {"token": delivery.token, "reason": reason, "now": now()}
+        with self._db.transaction() as conn:
+            return bool(self._bury(conn, "token = :token", params, ":reason"))
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where = "" if queue is None else "WHERE queue = :queue"
+        sql = (
+            "SELECT id, queue, body, priority, reason, deliveries, died_at, history"
+            f" FROM conveyor_dead_letters {where} ORDER BY seq LIMIT :limit"
+        )
+        with self._db.snapshot() as conn:
+            rows = conn.execute(sql, {"queue": queue, "limit": limit}).fetchall()
+        return [
+            DeadLetter(
+                id=id_,
+                queue=queue_,
+                body=body,
+                priority=priority,
+                reason=reason,
+                deliveries=deliveries,
+                died_at=died_at,
+                history=tuple(DeliveryRecord(c, at) for c, at in json.loads(history)),
+            )
+            for id_, queue_, body, priority, reason, deliveries, died_at, history in rows
+        ]
+
+    def requeue_dead(self, message_id: str) -> bool:
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                f"DELETE FROM conveyor_dead_letters WHERE seq = ({_OLDEST_DEAD})"
+                " RETURNING id, queue, priority, body",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT INTO conveyor_messages (id, queue, priority, state, due_at, body)"
+                " VALUES (?, ?, ?, 'ready', ?, ?)",
+                (*row[:3], now(), row[3]),
+            )
+        return True
+
+    def drop_dead(self, message_id: str) -> bool:
+        with self._db.transaction() as conn:
+            sql = f"DELETE FROM conveyor_dead_letters WHERE seq = ({_OLDEST_DEAD})"
+            return conn.execute(sql, (message_id,)).rowcount > 0
+
+    # -- inspection ------------------------------------------------------------
+
+    def stats(self, queues: Iterable[str] | None = None) -> list[QueueStats]:
+        names = None if queues is None else list(dict.fromkeys(queues))
+        where, params = "", []
+        if names is not None:
+            where, params = f"WHERE queue IN ({_marks(len(names))})", names
+        t = now()
+        counts: dict[str, list[int]] = {}
+        with self._db.snapshot() as conn:
+            # A due delayed message is ready: it is only waiting for a fetch to promote it.
+            for queue, *row in conn.execute(
+                "SELECT queue, sum(state = 'ready' OR (state = 'delayed' AND due_at <= ?)),"
+                " sum(state = 'delayed' AND due_at > ?), sum(state = 'inflight')"
+                f" FROM conveyor_messages {where} GROUP BY queue",
+                [t, t, *params],
+            ):
+                counts[queue] = [*row, 0]
+            sql = f"SELECT queue, count(*) FROM conveyor_dead_letters {where} GROUP BY queue"
+            for queue, dead in conn.execute(sql, params):
+                counts.setdefault(queue, [0, 0, 0, 0])[3] = dead
+        return [
+            QueueStats(q, *counts.get(q, ())) for q in (sorted(counts) if names is None else names)
+        ]
+
+    def purge(self, queue: str) -> int:
+        with self._db.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM conveyor_messages WHERE queue = ? AND state IN ('ready', 'delayed')",
+                (queue,),
+            )
+            return cursor.rowcount
+
+    def close(self) -> None:
+        """Close this process's connections to the file."""
+        self._db.close()

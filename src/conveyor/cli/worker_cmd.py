@@ -1,0 +1,69 @@
+"""``conveyor worker``: start a worker process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from conveyor import __version__
+from conveyor.cli import _AppRef, cli
+from conveyor.worker import Worker, WorkerOptions, default_hostname
+from conveyor.worker.banner import banner
+from conveyor.worker.logs import LEVELS, setup_logging
+from conveyor.worker.pools import POOLS
+
+logger = logging.getLogger("conveyor.worker")
+
+
+@cli.command()
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once [CPUs].")
+@click.option("-P", "--pool", type=click.Choice(sorted(POOLS)), help="How tasks run [prefork].")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume [task_default_queue].")
+@click.option(
+    "--prefetch-multiplier",
+    type=click.IntRange(min=1),
+    help="Messages held per concurrency slot [worker_prefetch_multiplier=1].",
+)
+@click.option("-l", "--loglevel", type=click.Choice(LEVELS, case_sensitive=False), default="info")
+@click.option("-n", "--hostname", help="Worker name; %h expands to the host name.")
+@click.option("--shutdown-timeout", type=float, help="Seconds running tasks get on SIGTERM [25].")
+@click.pass_obj
+def worker(
+    ref: _AppRef,
+    concurrency: int | None,
+    pool: str | None,
+    queues: str | None,
+    prefetch_multiplier: int | None,
+    loglevel: str,
+    hostname: str | None,
+    shutdown_timeout: float | None,
+) -> None:
+    """Start a worker: consume queues and run tasks until SIGTERM or Ctrl-C."""
+    setup_logging(loglevel)
+    app = ref.load()
+    app.import_modules()
+    conf = app.conf
+    host = default_hostname()
+    if hostname:
+        host = hostname.replace("%h", host.split("@", 1)[-1])
+    options = WorkerOptions(
+        queues=[q.strip() for q in (queues or conf.task_default_queue).split(",") if q.strip()],
+        concurrency=concurrency or conf.worker_concurrency or os.cpu_count() or 1,
+        pool=pool or conf.worker_pool,
+        prefetch_multiplier=prefetch_multiplier or conf.worker_prefetch_multiplier,
+        hostname=host,
+        shutdown_timeout=(
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        ),
+    )
+    if options.pool == "solo":
+        options.concurrency = 1
+    for name, reason in conf.ignored_settings():
+        logger.warning("setting %s has no effect in conveyor: %s", name, reason)
+    runner = Worker(app, options)
+    click.echo(banner(app, options, runner.hostname, __version__), err=True)
+    code = runner.run()
+    sys.exit(code)

@@ -1,0 +1,104 @@
+"""Every exception conveyor raises, in one tree.
+
+::
+
+    ConveyorError
+    ├── ConfigurationError          bad setting name or value (names the closest valid one)
+    ├── NotRegistered               no task of that name in the registry
+    ├── EncodeError (TypeError)     arguments or result cannot go on the wire
+    ├── DecodeError (ValueError)    bytes that are not a conveyor message
+    ├── BrokerError
+    │   └── BrokerUnavailable       the broker cannot be reached
+    ├── BackendError                the result backend failed or is disabled
+    ├── TimeoutError (builtins.TimeoutError)   AsyncResult.get() ran out of time
+    ├── TaskError                   a task failed remotely; its class cannot be imported here
+    ├── TaskRevokedError            the task was revoked (or expired) and will not run
+    └── WorkerLostError             the process running the task died (stored as its failure)
+
+    Control flow raised inside tasks (not failures):
+    TaskControl
+    └── (Retry, Reject, Ignore arrive with the task-semantics work)
+
+    Raised inside a running task by the worker:
+    SoftTimeLimitExceeded (Exception)   the task may catch it and clean up
+    TimeLimitExceeded (Exception)       stored as the failure of a task that was ended
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class ConveyorError(Exception):
+    """Base of every error conveyor raises."""
+
+
+class ConfigurationError(ConveyorError):
+    """A setting name or value is not valid."""
+
+
+class NotRegistered(ConveyorError, KeyError):
+    """No task is registered under this name."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+class EncodeError(ConveyorError, TypeError):
+    """A value cannot be encoded for the wire (arguments, result)."""
+
+
+class DecodeError(ConveyorError, ValueError):
+    """Bytes that are not a valid conveyor message."""
+
+
+class BrokerError(ConveyorError):
+    """The broker refused or failed an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker could not be reached within ``broker_connection_timeout``."""
+
+
+class BackendError(ConveyorError):
+    """The result backend failed, or no backend is configured."""
+
+
+class TimeoutError(ConveyorError, builtins.TimeoutError):
+    """Waiting for a result took longer than the timeout."""
+
+
+class TaskError(ConveyorError):
+    """A task failed with an exception whose class cannot be imported here.
+
+    Attributes:
+        type_name: the remote exception's qualified class name.
+        message: ``str()`` of the remote exception.
+        remote_traceback: the formatted traceback from the worker.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str | None = None):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+
+class TaskRevokedError(ConveyorError):
+    """The task was revoked, or expired before it could run."""
+
+
+class WorkerLostError(ConveyorError):
+    """The process running the task died before reporting back."""
+
+
+class TaskControl(Exception):
+    """Base of exceptions a task raises to steer its own handling."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a task when its soft time limit is reached."""
+
+
+class TimeLimitExceeded(Exception):
+    """The task was ended because it reached its hard time limit."""

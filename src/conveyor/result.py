@@ -1,0 +1,244 @@
+"""Task results: the stored payload format and the ``AsyncResult`` handle."""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import sys
+import traceback as tb
+from typing import Any, Protocol
+
+import orjson
+
+from conveyor import states
+from conveyor.backends.base import ResultBackend, StoredResult
+from conveyor.exceptions import EncodeError, TaskError, TaskRevokedError, TimeoutError
+
+
+class _HasBackend(Protocol):
+    @property
+    def backend(self) -> ResultBackend: ...
+
+
+# -- payload -------------------------------------------------------------------
+
+
+def _utcnow_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def encode_success(task: str, value: Any, *, worker: str = "", retries: int = 0) -> bytes:
+    """The stored payload of a successful run; EncodeError if ``value`` is not JSON."""
+    try:
+        return orjson.dumps(
+            {
+                "status": states.SUCCESS,
+                "result": value,
+                "task": task,
+                "date_done": _utcnow_iso(),
+                "worker": worker,
+                "retries": retries,
+            }
+        )
+    except TypeError as exc:
+        raise EncodeError(
+            f"the return value of task {task!r} cannot be stored as JSON: {exc}"
+        ) from None
+
+
+def encode_failure(
+    task: str,
+    exc: BaseException,
+    *,
+    traceback: str | None = None,
+    state: str = states.FAILURE,
+    worker: str = "",
+    retries: int = 0,
+) -> bytes:
+    """The stored payload of a failed (or revoked) run, keeping the exception's type."""
+    cls = type(exc)
+    if traceback is None and exc.__traceback__ is not None:
+        traceback = "".join(tb.format_exception(exc))
+    doc: dict[str, Any] = {
+        "status": state,
+        "result": None,
+        "exc_type": f"{cls.__module__}.{cls.__qualname__}",
+        "exc_message": str(exc),
+        "exc_args": list(exc.args),
+        "traceback": traceback,
+        "task": task,
+        "date_done": _utcnow_iso(),
+        "worker": worker,
+        "retries": retries,
+    }
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        doc["exc_args"] = [str(exc)]
+        return orjson.dumps(doc)
+
+
+def encode_state(task: str, state: str, *, worker: str = "") -> bytes:
+    """The stored payload of an intermediate state (STARTED, RETRY)."""
+    return orjson.dumps({"status": state, "result": None, "task": task, "worker": worker})
+
+
+def rebuild_exception(meta: dict[str, Any]) -> BaseException:
+    """The exception a failed task raised, rebuilt with its own class when that class
+    is already imported in this process, else a TaskError carrying the remote details.
+
+    Only modules already loaded are consulted: a stored payload never makes this
+    process import code.
+    """
+    type_name = str(meta.get("exc_type") or "Exception")
+    message = str(meta.get("exc_message") or "")
+    args = meta.get("exc_args") or [message]
+    remote_tb = meta.get("traceback")
+    module_name, _, qualname = type_name.rpartition(".")
+    module = builtins if module_name == "builtins" else sys.modules.get(module_name)
+    cls: Any = module
+    for part in qualname.split("."):
+        cls = getattr(cls, part, None)
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        try:
+            exc = cls(*args)
+        except Exception:
+            pass
+        else:
+            exc.__notes__ = [f"Remote traceback:\n{remote_tb}"] if remote_tb else []
+            return exc
+    return TaskError(type_name, message, remote_tb)
+
+
+# -- handles ---------------------------------------------------------------------
+
+
+class AsyncResult:
+    """A handle on a task's result: its state, return value or exception.
+
+    ``get()`` blocks on the backend (no sleep-polling loop) and re-raises a
+    failed task's exception.
+    """
+
+    def __init__(
+        self, id: str, app: _HasBackend | None = None, *, backend: ResultBackend | None = None
+    ):
+        if backend is None:
+            if app is None:
+                raise TypeError("AsyncResult needs app= (or use app.AsyncResult(id))")
+            backend = app.backend
+        self.id = id
+        self.backend = backend
+        self._cache: StoredResult | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    def _record(self) -> StoredResult | None:
+        if self._cache is not None:
+            return self._cache
+        record = self.backend.get(self.id)
+        if record is not None and record.state in states.READY_STATES:
+            self._cache = record
+        return record
+
+    def _meta(self) -> dict[str, Any]:
+        record = self._record()
+        if record is None:
+            return {"status": states.PENDING}
+        meta: dict[str, Any] = orjson.loads(record.payload)
+        meta["status"] = record.state
+        return meta
+
+    @property
+    def state(self) -> str:
+        """PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED."""
+        record = self._record()
+        return states.PENDING if record is None else record.state
+
+    status = state
+
+    @property
+    def result(self) -> Any:
+        """The return value on success, the exception on failure, else None."""
+        meta = self._meta()
+        if meta["status"] in (states.FAILURE, states.REVOKED):
+            return rebuild_exception(meta)
+        return meta.get("result")
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        """The formatted traceback of a failed task."""
+        tb_text = self._meta().get("traceback")
+        return None if tb_text is None else str(tb_text)
+
+    @property
+    def date_done(self) -> dt.datetime | None:
+        """When the task finished (UTC), if it has."""
+        value = self._meta().get("date_done")
+        return dt.datetime.fromisoformat(value) if value else None
+
+    def ready(self) -> bool:
+        """True once the task succeeded, failed or was revoked."""
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    def get(self, timeout: float | None = None, propagate: bool = True, **_ignored: Any) -> Any:
+        """Wait for the task and return its value.
+
+        Args:
+            timeout: seconds to wait; None waits without limit.
+            propagate: re-raise the task's exception (its own class when it is
+                importable here, else TaskError).
+
+        Raises:
+            conveyor.exceptions.TimeoutError: the task was not ready in time.
+        """
+        record = self._cache or self.backend.wait(self.id, timeout)
+        if record is None or record.state not in states.READY_STATES:
+            raise TimeoutError(f"task {self.id} was not ready within {timeout} s")
+        self._cache = record
+        meta = self._meta()
+        if meta["status"] == states.SUCCESS:
+            return meta.get("result")
+        exc = rebuild_exception(meta)
+        if meta["status"] == states.REVOKED and isinstance(exc, TaskError):
+            exc = TaskRevokedError(meta.get("exc_message") or f"task {self.id} was revoked")
+        if propagate:
+            raise exc
+        return exc
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._cache = None
+        self.backend.forget(self.id)
+
+
+class EagerResult(AsyncResult):
+    """The result of a task run in the calling process (``task_always_eager``,
+    ``task.apply()``): already known, backend untouched."""
+
+    def __init__(self, id: str, state: str, payload: bytes):
+        self.id = id
+        self.backend = None  # type: ignore[assignment]
+        self._cache = StoredResult(id, state, payload, 0.0)
+
+    def forget(self) -> None:
+        """Nothing is stored for an eager result."""

@@ -1,0 +1,1 @@
+"""Storage plumbing shared by the broker and result-backend implementations."""

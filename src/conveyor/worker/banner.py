@@ -1,0 +1,38 @@
+"""The worker's start-up banner: what it consumes, from where, with what."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from conveyor.brokers.base import safe_url
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+    from conveyor.worker.consumer import WorkerOptions
+
+_WARNINGS = {
+    "sqlite": "embedded SQLite: for one machine; use Redis to run workers on several",
+    "memory": "in-process memory: this process only, nothing survives it",
+}
+
+
+def banner(app: Conveyor, options: WorkerOptions, hostname: str, version: str) -> str:
+    """The lines printed when a worker starts; passwords in URLs are masked."""
+    broker_url = app.broker_url
+    scheme = broker_url.split(":", 1)[0]
+    kind = _WARNINGS.get(scheme)
+    held = options.concurrency * options.prefetch_multiplier
+    lines = [
+        f"conveyor {version} worker {hostname}",
+        f"  app:      {app.main or '__main__'}",
+        f"  broker:   {safe_url(broker_url)}" + (f"  ({kind})" if kind else ""),
+        f"  results:  {safe_url(app.backend_url)}",
+        f"  pool:     {options.pool}, concurrency {options.concurrency}, "
+        f"prefetch multiplier {options.prefetch_multiplier} "
+        f"(holds at most {held} unacknowledged messages)",
+        f"  queues:   {', '.join(options.queues)}",
+        f"  acks:     {'late (after the task finishes)' if app.conf.task_acks_late else 'early'}",
+        "  tasks:",
+    ]
+    lines += [f"    . {name}" for name in sorted(app.tasks)] or ["    (none registered)"]
+    return "\n".join(lines)

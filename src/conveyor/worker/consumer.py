@@ -1,0 +1,324 @@
+"""The worker: fetches deliveries, hands them to a pool, settles each outcome.
+
+Threads of a worker process and what each owns::
+
+    main        signals, supervision, the shutdown sequence
+    fetcher     broker.fetch for free capacity, decode, policy checks, pool.submit
+    settler     outcomes -> ack (fenced) -> store results, in batches
+    heartbeat   lease renewal for everything held; reclaim of dead consumers' leases
+
+The worker holds at most ``concurrency x prefetch_multiplier`` unacknowledged
+deliveries, and fetches for all free slots at once. It knows the broker and
+backend contracts only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from conveyor import states
+from conveyor.backends.base import ResultWrite
+from conveyor.brokers.base import Delivery, Disposition
+from conveyor.exceptions import DecodeError, NotRegistered, TaskRevokedError, WorkerLostError
+from conveyor.message import decode, peek_id
+from conveyor.result import encode_failure
+from conveyor.worker.heartbeat import Heartbeat
+from conveyor.worker.job import LOST, Job, Outcome, execute
+from conveyor.worker.pools import POOLS, Pool
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+_STOP = object()
+
+
+@dataclass(slots=True)
+class WorkerOptions:
+    """How a worker runs; defaults come from the app's settings."""
+
+    queues: Sequence[str]
+    concurrency: int
+    pool: str = "prefork"
+    prefetch_multiplier: int = 1
+    hostname: str = ""
+    shutdown_timeout: float = 25.0
+    fetch_timeout: float = 1.0
+
+
+def default_hostname() -> str:
+    return f"conveyor@{socket.gethostname()}"
+
+
+class Worker:
+    """Consumes ``options.queues`` with a pool; ``run()`` until SIGTERM/SIGINT."""
+
+    def __init__(self, app: Conveyor, options: WorkerOptions):
+        self.app = app
+        self.options = options
+        self.hostname = options.hostname or default_hostname()
+        self.consumer_id = f"{self.hostname}/{os.getpid()}"
+        self.capacity = options.concurrency * options.prefetch_multiplier
+        self.broker = app.broker
+        self.backend = app.backend
+        pool_cls = POOLS[options.pool]
+        self.pool: Pool = pool_cls(self._execute, options.concurrency, self._on_done)
+        self._cond = threading.Condition()
+        self._held: dict[str, Job] = {}  # token -> job, everything not yet settled
+        self._outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._stop_fetching = threading.Event()
+        self._shutdown = threading.Event()
+        self._cold = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.heartbeat = Heartbeat(self.broker, self.held_deliveries, self._lease_lost)
+        self.exit_code = 0
+
+    # -- running -------------------------------------------------------------------
+
+    def _execute(self, job: Job) -> Outcome:
+        return execute(self.app, job, self.hostname)
+
+    def start(self) -> None:
+        """Start the pool and the worker threads (the pool first: prefork forks)."""
+        self.pool.start()
+        for target, name in (
+            (self._fetch_loop, "conveyor-fetcher"),
+            (self._settle_loop, "conveyor-settler"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.heartbeat.start()
+
+    def run(self) -> int:
+        """Run until a shutdown signal; returns the process exit code."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.start()
+        while not self._shutdown.wait(0.2):
+            if self.pool.failed.is_set():
+                logger.critical("the pool cannot run tasks any more: exiting")
+                self.exit_code = 1
+                break
+        self.shutdown()
+        return self.exit_code
+
+    def request_shutdown(self, cold: bool = False) -> None:
+        """Begin a warm shutdown; a second request (or ``cold=True``) makes it cold."""
+        if cold or self._shutdown.is_set():
+            self._cold.set()
+        self._shutdown.set()
+        self._stop_fetching.set()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._shutdown.is_set():
+            logger.warning("%s again: cold shutdown, returning running tasks to the queue", name)
+        else:
+            logger.warning(
+                "%s: warm shutdown (running tasks may take up to %.0f s; again for cold)",
+                name,
+                self.options.shutdown_timeout,
+            )
+        self.request_shutdown()
+
+    def shutdown(self) -> None:
+        """Stop fetching, return unstarted messages, let running ones finish until
+        ``shutdown_timeout``, return what still runs (acks late), stop."""
+        self._stop_fetching.set()
+        for thread in self._threads[:1]:  # the fetcher returns within fetch_timeout
+            thread.join(self.options.fetch_timeout + 5)
+        self._give_back(self.pool.take_pending(), "not started")
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        with self._cond:
+            while self._held and not self._cold.is_set() and time.monotonic() < deadline:
+                self._cond.wait(0.1)
+        with self._cond:
+            still = list(self._held.values())
+        if still:
+            why = "cold shutdown" if self._cold.is_set() else "shutdown timeout reached"
+            self._give_back(still, f"still running at {why}")
+        self._outcomes.put(_STOP)
+        self._threads[1].join(5)
+        self.heartbeat.stop()
+        self.pool.stop()
+        logger.info("worker %s stopped", self.hostname)
+
+    def _give_back(self, jobs: list[Job], why: str) -> None:
+        for job in jobs:
+            with self._cond:
+                if self._held.pop(job.delivery.token, None) is None:
+                    continue
+                self._cond.notify_all()
+            if job.acks_late and self.broker.release(job.delivery):
+                logger.info("returned %s to the queue (%s)", job.label, why)
+
+    def held_deliveries(self) -> list[Delivery]:
+        with self._cond:
+            return [job.delivery for job in self._held.values()]
+
+    def _lease_lost(self, message_id: str) -> None:
+        with self._cond:
+            jobs = [j for j in self._held.values() if j.delivery.id == message_id]
+        for job in jobs:
+            logger.warning("lease of %s was lost; its result will be refused", job.label)
+
+    # -- fetching ------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop_fetching.is_set():
+            with self._cond:
+                while len(self._held) >= self.capacity and not self._stop_fetching.is_set():
+                    self._cond.wait(0.5)
+                room = self.capacity - len(self._held)
+            if self._stop_fetching.is_set():
+                return
+            try:
+                deliveries = self.broker.fetch(
+                    self.options.queues,
+                    room,
+                    consumer=self.consumer_id,
+                    timeout=self.options.fetch_timeout,
+                )
+            except Exception:
+                logger.exception("fetch failed; retrying in %.1f s", backoff)
+                self._stop_fetching.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            for i, delivery in enumerate(deliveries):
+                if self._stop_fetching.is_set():
+                    for rest in deliveries[i:]:
+                        self.broker.release(rest)
+                    return
+                self._accept(delivery)
+
+    def _accept(self, delivery: Delivery) -> None:
+        try:
+            msg = decode(delivery.body)
+        except DecodeError as exc:
+            self._reject(delivery, peek_id(delivery.body), "?", exc)
+            return
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            exc = NotRegistered(f"task {msg.task!r} is not registered in this worker")
+            self._reject(delivery, msg.id, msg.task, exc)
+            return
+        conf = self.app.conf
+        acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
+        ignore = msg.ignore_result or bool(task.ignore_result)
+        track = conf.task_track_started if task.track_started is None else task.track_started
+        job = Job(delivery, msg, acks_late=acks_late, store_result=not ignore, track_started=track)
+        if msg.expires is not None and time.time() > msg.expires:
+            self.broker.ack([delivery])
+            logger.info("%s expired before it could run; not run", job.label)
+            self._store(job, states.REVOKED, TaskRevokedError("expired"))
+            return
+        if not acks_late:
+            self.broker.ack([delivery])
+        with self._cond:
+            self._held[delivery.token] = job
+        logger.debug("received %s", job.label)
+        self.pool.submit(job)
+
+    def _reject(self, delivery: Delivery, task_id: str | None, name: str, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if self.broker.dead_letter(delivery, reason):
+            logger.error("message %s dead-lettered: %s", delivery.id, reason)
+        if task_id is not None:
+            payload = encode_failure(name, exc, worker=self.hostname)
+            self.backend.store(
+                ResultWrite(task_id, states.FAILURE, payload, self.app.conf.result_expires)
+            )
+
+    def _store(self, job: Job, state: str, exc: Exception) -> None:
+        if job.store_result:
+            payload = encode_failure(job.message.task, exc, state=state, worker=self.hostname)
+            self.backend.store(
+                ResultWrite(job.message.id, state, payload, self.app.conf.result_expires)
+            )
+
+    # -- settling ------------------------------------------------------------------
+
+    def _on_done(self, job: Job, outcome: Outcome) -> None:
+        self._outcomes.put((job, outcome))
+
+    def _settle_loop(self) -> None:
+        while True:
+            item = self._outcomes.get()
+            batch: list[tuple[Job, Outcome]] = []
+            stop = item is _STOP
+            if not stop:
+                batch.append(item)  # type: ignore[arg-type]
+            while not stop and len(batch) < 512:
+                try:
+                    item = self._outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.append(item)  # type: ignore[arg-type]
+            if batch:
+                try:
+                    self._settle(batch)
+                except Exception:
+                    logger.exception("settling %d outcomes failed; leases will expire", len(batch))
+            if stop:
+                return
+
+    def _settle(self, batch: list[tuple[Job, Outcome]]) -> None:
+        finished = [(j, o) for j, o in batch if o.state != LOST]
+        late = [j.delivery for j, _ in finished if j.acks_late]
+        accepted = dict(zip((d.token for d in late), self.broker.ack(late), strict=True))
+        writes: list[ResultWrite] = []
+        expires = self.app.conf.result_expires
+        for job, outcome in finished:
+            if not accepted.get(job.delivery.token, True):
+                logger.warning("%s finished after its lease was lost: result dropped", job.label)
+                continue
+            level = logging.INFO if outcome.state == states.SUCCESS else logging.ERROR
+            verb = "succeeded" if outcome.state == states.SUCCESS else "failed"
+            logger.log(
+                level, "%s %s in %.4fs: %s", job.label, verb, outcome.runtime, outcome.summary
+            )
+            if outcome.payload is not None and job.store_result:
+                writes.append(ResultWrite(job.message.id, outcome.state, outcome.payload, expires))
+        if writes:
+            self.backend.store_many(writes)
+        for job, outcome in batch:
+            if outcome.state == LOST:
+                self._settle_lost(job, outcome)
+        with self._cond:
+            for job, _ in batch:
+                self._held.pop(job.delivery.token, None)
+            self._cond.notify_all()
+
+    def _settle_lost(self, job: Job, outcome: Outcome) -> None:
+        if job.acks_late and self.app.conf.task_reject_on_worker_lost:
+            disposition = self.broker.requeue(job.delivery)
+            if disposition is Disposition.REQUEUED:
+                logger.warning("%s lost (%s): returned to the queue", job.label, outcome.summary)
+                return
+            if disposition is Disposition.STALE:
+                return
+            reason = (
+                f"dead-lettered after {job.delivery.deliveries} deliveries; last: {outcome.summary}"
+            )
+        else:
+            reason = f"worker lost: {outcome.summary}"
+        logger.error("%s %s", job.label, reason)
+        self._store(job, states.FAILURE, WorkerLostError(reason))

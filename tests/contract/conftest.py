@@ -1,0 +1,62 @@
+"""Fixtures that run each contract suite against every implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends.base import ResultBackend
+from conveyor.backends.memory import MemoryResultBackend
+from conveyor.backends.sqlite import SqliteResultBackend
+from conveyor.brokers.base import Broker, BrokerOptions
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.sqlite import SqliteBroker
+
+BrokerFactory = Callable[[BrokerOptions], Broker]
+
+# Short leases keep the lease tests to about a second of sleeping.
+LEASE_SECONDS = 0.5
+MAX_DELIVERIES = 3
+
+# One entry per implementation: (id, build(tmp_path, options)). Add redis here.
+BROKERS: list[tuple[str, Callable[[Path, BrokerOptions], Broker]]] = [
+    ("memory", lambda tmp, options: MemoryBroker("memory://", options)),
+    ("sqlite", lambda tmp, options: SqliteBroker(f"sqlite:///{tmp}/broker.sqlite3", options)),
+]
+BACKENDS: list[tuple[str, Callable[[Path], ResultBackend]]] = [
+    ("memory", lambda tmp: MemoryResultBackend("memory://")),
+    ("sqlite", lambda tmp: SqliteResultBackend(f"sqlite:///{tmp}/results.sqlite3")),
+]
+
+
+@pytest.fixture(params=[build for _, build in BROKERS], ids=[name for name, _ in BROKERS])
+def make_broker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[BrokerFactory]:
+    """Builds brokers of one implementation with the given options; closes them after."""
+    build: Callable[[Path, BrokerOptions], Broker] = request.param
+    made: list[Broker] = []
+
+    def make(options: BrokerOptions) -> Broker:
+        made.append(build(tmp_path, options))
+        return made[-1]
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def broker(make_broker: BrokerFactory) -> Broker:
+    """A broker with a short lease and a low delivery limit."""
+    return make_broker(BrokerOptions(lease_seconds=LEASE_SECONDS, max_deliveries=MAX_DELIVERIES))
+
+
+@pytest.fixture(params=[build for _, build in BACKENDS], ids=[name for name, _ in BACKENDS])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
+    """A result backend of each implementation."""
+    built: ResultBackend = request.param(tmp_path)
+    yield built
+    built.close()
