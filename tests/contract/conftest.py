@@ -32,9 +32,7 @@ BACKENDS: list[tuple[str, Callable[[Path], ResultBackend]]] = [
 
 
 @pytest.fixture(params=[build for _, build in BROKERS], ids=[name for name, _ in BROKERS])
-def make_broker(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[BrokerFactory]:
+def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerFactory]:
     """Builds brokers of one implementation with the given options; closes them after."""
     build: Callable[[Path, BrokerOptions], Broker] = request.param
     made: list[Broker] = []

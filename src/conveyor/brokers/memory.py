@@ -130,14 +130,14 @@ class MemoryBroker(Broker):
                 self._cond.wait(remaining)
 
     def _claim(self, queues: Sequence[str], limit: int, consumer: str, t: float) -> list[Delivery]:
-        heaps = [heap for q in dict.fromkeys(queues) if (heap := self._ready.get(q))]
+        heaps = {q: heap for q in queues if (heap := self._ready.get(q))}
         deliveries: list[Delivery] = []
         while heaps and len(deliveries) < limit:
-            heap = min(heaps, key=lambda h: h[0][:3])
+            queue = min(heaps, key=lambda q: heaps[q][0][:3])  # the best head across queues
+            heap = heaps[queue]
             message = heapq.heappop(heap)[3]
             if not heap:
-                heaps.remove(heap)
-                del self._ready[message.queue]
+                del heaps[queue], self._ready[queue]
             message.token = secrets.token_hex(12)
             message.deliveries += 1
             message.history.append(DeliveryRecord(consumer, t))

@@ -82,7 +82,8 @@ _NEXT_DUE = (
 _PEEK = """SELECT
     EXISTS (SELECT 1 FROM conveyor_messages WHERE state = 'ready' AND queue IN ({names})),
     (SELECT min(due) FROM ({next_due}))"""
-_HAND_BACK = "state = 'ready', token = NULL, consumer = NULL, lease_until = NULL"
+_UNLEASE = "token = NULL, consumer = NULL, lease_until = NULL"
+_HAND_BACK = f"state = 'ready', {_UNLEASE}"
 _BURY = """
 INSERT INTO conveyor_dead_letters (id, queue, priority, body, reason, deliveries, died_at, history)
 SELECT id, queue, priority, body, {reason}, deliveries, :now, history
@@ -244,7 +245,7 @@ class SqliteBroker(Broker):
             t = now()
             delayed = eta is not None and eta > t
             rows = conn.execute(
-                f"UPDATE conveyor_messages SET {_HAND_BACK}, state = ?, due_at = ?, body = ?,"
+                f"UPDATE conveyor_messages SET {_UNLEASE}, state = ?, due_at = ?, body = ?,"
                 " deliveries = 0 WHERE token = ? RETURNING seq",
                 ("delayed" if delayed else "ready", eta if delayed else t, body, delivery.token),
             ).fetchall()

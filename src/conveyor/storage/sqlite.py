@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -80,6 +81,29 @@ def _keep_in_child() -> None:
 
 
 os.register_at_fork(before=_pin, after_in_parent=_unpin_in_parent, after_in_child=_keep_in_child)
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock up to the busy timeout.
+
+    SQLite's own busy handler backs off to sleeps of 25-100 ms, so under
+    contention the same few processes win every short window while others
+    starve; retrying every fraction of a millisecond keeps workers fair.
+    """
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+                if not busy or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(0.0001, 0.001))
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
 
 
 class Mark(NamedTuple):
@@ -167,7 +191,7 @@ class Database:
         with self._errors():
             conn = self.connection()
             before = conn.total_changes
-            conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(conn)
             try:
                 yield conn
                 conn.execute("COMMIT")

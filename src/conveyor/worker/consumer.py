@@ -108,8 +108,9 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self.start()
         while not self._shutdown.wait(0.2):
-            if self.pool.failed.is_set():
-                logger.critical("the pool cannot run tasks any more: exiting")
+            if self.pool.failed.is_set() or not all(t.is_alive() for t in self._threads):
+                # Never half-dead: exit non-zero so a supervisor starts a fresh worker.
+                logger.critical("the worker cannot run tasks any more: exiting")
                 self.exit_code = 1
                 break
         self.shutdown()
@@ -204,7 +205,11 @@ class Worker:
                     for rest in deliveries[i:]:
                         self.broker.release(rest)
                     return
-                self._accept(delivery)
+                try:
+                    self._accept(delivery)
+                except Exception:
+                    # Not held: its lease expires and another delivery retries it.
+                    logger.exception("could not accept message %s", delivery.id)
 
     def _accept(self, delivery: Delivery) -> None:
         try:
@@ -214,8 +219,8 @@ class Worker:
             return
         task = self.app.tasks.get(msg.task)
         if task is None:
-            exc = NotRegistered(f"task {msg.task!r} is not registered in this worker")
-            self._reject(delivery, msg.id, msg.task, exc)
+            missing = NotRegistered(f"task {msg.task!r} is not registered in this worker")
+            self._reject(delivery, msg.id, msg.task, missing)
             return
         conf = self.app.conf
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
@@ -277,6 +282,13 @@ class Worker:
                     self._settle(batch)
                 except Exception:
                     logger.exception("settling %d outcomes failed; leases will expire", len(batch))
+                finally:
+                    # Settled or not, stop holding them: an unsettled delivery's lease
+                    # then expires and the message is delivered again (at least once).
+                    with self._cond:
+                        for job, _ in batch:
+                            self._held.pop(job.delivery.token, None)
+                        self._cond.notify_all()
             if stop:
                 return
 
@@ -302,10 +314,6 @@ class Worker:
         for job, outcome in batch:
             if outcome.state == LOST:
                 self._settle_lost(job, outcome)
-        with self._cond:
-            for job, _ in batch:
-                self._held.pop(job.delivery.token, None)
-            self._cond.notify_all()
 
     def _settle_lost(self, job: Job, outcome: Outcome) -> None:
         if job.acks_late and self.app.conf.task_reject_on_worker_lost:

@@ -67,8 +67,8 @@ class Heartbeat:
     def renew(self) -> None:
         deliveries = self.held()
         if deliveries:
-            for token in self.broker.renew(deliveries):
-                self.on_lost(token)
+            for message_id in self.broker.renew(deliveries):
+                self.on_lost(message_id)
 
     def reclaim(self) -> None:
         for item in self.broker.reclaim():

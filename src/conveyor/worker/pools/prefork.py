@@ -174,10 +174,10 @@ class PreforkPool(Pool):
             ready = multiprocessing.connection.wait([*by_conn, *by_sentinel], timeout=0.5)
             for obj in ready:
                 if obj in by_conn:
-                    self._receive(by_conn[obj])  # type: ignore[index]
+                    self._receive(by_conn[obj])
             for obj in ready:
                 if obj in by_sentinel:
-                    self._reap(by_sentinel[obj])  # type: ignore[index]
+                    self._reap(by_sentinel[obj])
 
     def _receive(self, child: _Child) -> None:
         try:
@@ -192,7 +192,9 @@ class PreforkPool(Pool):
             self.on_done(job, outcome)
 
     def _reap(self, child: _Child) -> None:
-        child.process.join(0)
+        # The sentinel is readable once the dying child's descriptors are closed, a
+        # moment before the kernel makes it waitable: join(0) could miss the exit code.
+        child.process.join(1.0)
         code = child.process.exitcode
         with self._lock:
             if self._stopping or child not in self._children:

@@ -1,0 +1,1 @@
+"""Contract suites: one per contract, run against every implementation."""
