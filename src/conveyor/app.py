@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import importlib
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
@@ -19,7 +19,7 @@ from conveyor.brokers.base import Broker, BrokerOptions, OutgoingMessage, check_
 from conveyor.config import Settings, import_object
 from conveyor.exceptions import ConfigurationError, NotRegistered
 from conveyor.result import AsyncResult
-from conveyor.task import Task, countdown_to_eta, to_timestamp
+from conveyor.task import Task, countdown_to_eta, expiry
 
 logger = logging.getLogger("conveyor.app")
 
@@ -192,7 +192,7 @@ class Conveyor:
         module = fun.__module__
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{fun.__qualname__}"
+        return f"{module}.{fun.__name__}"
 
     def get_task(self, name: str) -> Task[..., Any]:
         try:
@@ -224,7 +224,7 @@ class Conveyor:
         args: list[Any] | tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
         *,
-        countdown: float | None = None,
+        countdown: float | dt.timedelta | None = None,
         eta: Any = None,
         expires: Any = None,
         queue: str | None = None,
@@ -254,8 +254,6 @@ class Conveyor:
         check_priority(priority)
         if ignore_result is None:
             ignore_result = self.conf.task_ignore_result
-        if isinstance(expires, int | float):
-            expires = time.time() + float(expires)
         task_id = task_id or str(uuid.uuid4())
         msg = wire.Message(
             id=task_id,
@@ -265,7 +263,7 @@ class Conveyor:
             queue=queue,
             priority=priority,
             eta=countdown_to_eta(countdown, eta),
-            expires=to_timestamp(expires),
+            expires=expiry(expires),
             parent_id=parent_id,
             root_id=root_id or task_id,
             ignore_result=bool(ignore_result),

@@ -111,7 +111,10 @@ def decode(body: bytes) -> Message:
             raise DecodeError(f"malformed message: field {key!r} missing or of the wrong type")
     for key, kind in _OPTIONAL.items():
         value = doc.get(key)
-        if value is not None and not isinstance(value, kind):
+        if value is None:
+            continue
+        # as above: a bool passes isinstance(value, int), so only "ignore_result" may be one
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise DecodeError(f"malformed message: field {key!r} has the wrong type")
     return Message(
         id=doc["id"],

@@ -94,11 +94,7 @@ def rebuild_exception(meta: dict[str, Any]) -> BaseException:
     message = str(meta.get("exc_message") or "")
     args = meta.get("exc_args") or [message]
     remote_tb = meta.get("traceback")
-    module_name, _, qualname = type_name.rpartition(".")
-    module = builtins if module_name == "builtins" else sys.modules.get(module_name)
-    cls: Any = module
-    for part in qualname.split("."):
-        cls = getattr(cls, part, None)
+    cls = _loaded_class(type_name)
     if isinstance(cls, type) and issubclass(cls, BaseException):
         try:
             exc = cls(*args)
@@ -108,6 +104,25 @@ def rebuild_exception(meta: dict[str, Any]) -> BaseException:
             exc.__notes__ = [f"Remote traceback:\n{remote_tb}"] if remote_tb else []
             return exc
     return TaskError(type_name, message, remote_tb)
+
+
+def _loaded_class(type_name: str) -> Any:
+    """The object named ``module.Qual.Name`` if its module is loaded, else None.
+
+    The longest loaded module prefix wins, so classes nested in classes (Django's
+    ``Model.DoesNotExist``) are found too.
+    """
+    parts = type_name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:i])
+        module = builtins if module_name == "builtins" else sys.modules.get(module_name)
+        if module is None:
+            continue
+        obj: Any = module
+        for part in parts[i:]:
+            obj = getattr(obj, part, None)
+        return obj
+    return None
 
 
 # -- handles ---------------------------------------------------------------------

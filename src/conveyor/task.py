@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from conveyor import states
+from conveyor.backends.base import ResultWrite
 from conveyor.result import AsyncResult, EagerResult, encode_failure, encode_success
 
 if TYPE_CHECKING:
@@ -182,9 +183,9 @@ class Task(Generic[P, R]):
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
         *,
-        countdown: float | None = None,
+        countdown: float | dt.timedelta | None = None,
         eta: dt.datetime | float | None = None,
-        expires: dt.datetime | float | None = None,
+        expires: dt.datetime | dt.timedelta | float | None = None,
         queue: str | None = None,
         priority: int | None = None,
         task_id: str | None = None,
@@ -246,16 +247,37 @@ class Task(Generic[P, R]):
             except Exception as exc:
                 if self.app.conf.task_eager_propagates:
                     raise
-                return EagerResult(task_id, states.FAILURE, encode_failure(self.name, exc))
-        return EagerResult(task_id, states.SUCCESS, encode_success(self.name, value))
+                state, payload = states.FAILURE, encode_failure(self.name, exc)
+            else:
+                state, payload = states.SUCCESS, encode_success(self.name, value)
+        if self.app.conf.task_store_eager_result and not self.ignore_result:
+            self.app.backend.store(
+                ResultWrite(task_id, state, payload, self.app.conf.result_expires)
+            )
+        return EagerResult(task_id, state, payload)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on the result of an earlier call of this task."""
         return AsyncResult(task_id, self.app)
 
 
-def countdown_to_eta(countdown: float | None, eta: dt.datetime | float | None) -> float | None:
+def countdown_to_eta(
+    countdown: float | dt.timedelta | None, eta: dt.datetime | float | None
+) -> float | None:
     """The due time of a message given Celery's ``countdown``/``eta`` options."""
     if countdown is not None:
-        return time.time() + float(countdown)
+        return time.time() + seconds(countdown)
     return to_timestamp(eta)
+
+
+def expiry(expires: dt.datetime | dt.timedelta | float | None) -> float | None:
+    """The UNIX time after which a message must not run: ``expires`` is seconds
+    (or a timedelta) from now, or an absolute datetime."""
+    if expires is None or isinstance(expires, dt.datetime):
+        return to_timestamp(expires)
+    return time.time() + seconds(expires)
+
+
+def seconds(value: float | dt.timedelta) -> float:
+    """Seconds from a number or a timedelta (public API takes either)."""
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)

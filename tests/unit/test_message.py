@@ -214,8 +214,11 @@ def test_a_required_field_of_the_wrong_type_is_a_decode_error(field: str, value:
     ("field", "value"),
     [
         ("eta", "tomorrow"),
+        ("eta", True),
         ("expires", [1]),
+        ("expires", False),
         ("retries", 1.5),
+        ("retries", True),
         ("parent_id", 3),
         ("root_id", {}),
         ("ignore_result", "yes"),

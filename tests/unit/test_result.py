@@ -31,6 +31,11 @@ class PaymentDeclined(Exception):
     """A user exception defined in an imported module (this one)."""
 
 
+class Order:
+    class DoesNotExist(Exception):
+        """Nested in a class, as Django's ``Model.DoesNotExist``."""
+
+
 class NeedsTwoArguments(Exception):
     def __init__(self, code: int, reason: str):
         super().__init__(f"{code}: {reason}")
@@ -145,6 +150,17 @@ def test_a_user_exception_from_an_imported_module_is_rebuilt_with_its_class() ->
     # Then it has its own class again
     assert type(exc) is PaymentDeclined
     assert exc.args == ("card expired",)
+
+
+def test_an_exception_class_nested_in_a_class_is_rebuilt_with_its_class() -> None:
+    # Given a stored exception whose class is an attribute of a class
+    meta = meta_of(encode_failure("proj.get", raised(Order.DoesNotExist("no order 7"))))
+    assert meta["exc_type"] == f"{__name__}.Order.DoesNotExist"
+
+    # When it is rebuilt, Then it has its own class again
+    exc = rebuild_exception(meta)
+    assert type(exc) is Order.DoesNotExist
+    assert str(exc) == "no order 7"
 
 
 def test_an_exception_from_a_module_not_imported_here_becomes_task_error() -> None:

@@ -58,8 +58,14 @@ def find_app(spec: str) -> Conveyor:
     try:
         module = _import(module_name)
     except ConfigurationError:
+        # "pkg.mod.attr" may name an attribute; if pkg.mod has none, the user meant a
+        # module, and "no module named pkg.mod.attr" is the error that helps.
         parent, _, last = module_name.rpartition(".")
-        if not parent:
+        try:
+            has_attr = bool(parent) and hasattr(_import(parent), last)
+        except ConfigurationError:
+            has_attr = False
+        if not has_attr:
             raise
         return find_app(f"{parent}:{last}")
     found = _find_in(module)
