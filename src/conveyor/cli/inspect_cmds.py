@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from conveyor.cli import _AppRef, cli
 
@@ -57,8 +57,14 @@ def _when(ts: float) -> str:
 def dead_list(ref: _AppRef, queue: str | None, limit: int) -> None:
     """Dead letters, oldest first."""
     app = ref.load()
-    table = Table("id", "queue", "deliveries", "died", "reason")
-    for d in app.broker.dead_letters(queue, limit):
+    letters = app.broker.dead_letters(queue, limit)
+    # The id is what `dead show/requeue/drop` take: never cut it, however narrow the
+    # terminal (or the 80 columns rich assumes when the output is piped).
+    id_width = max((len(d.id) for d in letters), default=2)
+    table = Table(
+        Column("id", no_wrap=True, min_width=id_width), "queue", "deliveries", "died", "reason"
+    )
+    for d in letters:
         table.add_row(d.id, d.queue, str(d.deliveries), _when(d.died_at), d.reason)
     Console().print(table)
 

@@ -29,7 +29,7 @@ def banner(app: Conveyor, options: WorkerOptions, hostname: str, version: str) -
         f"  results:  {safe_url(app.backend_url)}",
         f"  pool:     {options.pool}, concurrency {options.concurrency}, "
         f"prefetch multiplier {options.prefetch_multiplier} "
-        f"(holds at most {held} unacknowledged messages)",
+        f"(holds at most {held} unacknowledged message{'s' if held != 1 else ''})",
         f"  queues:   {', '.join(options.queues)}",
         f"  acks:     {'late (after the task finishes)' if app.conf.task_acks_late else 'early'}",
         "  tasks:",

@@ -1,0 +1,103 @@
+"""The integration tests' app: small tasks that record every execution.
+
+Settings a test tunes come from the environment, read at import (in the
+worker process, at start-up; in the test process, again by ``configure``):
+
+* ``CONVEYOR_TEST_LEASE_TIMEOUT``: ``broker_lease_timeout`` in seconds [2.0]
+* ``CONVEYOR_TEST_MAX_DELIVERIES``: ``broker_max_deliveries`` [5]
+* ``CONVEYOR_TEST_ACKS_LATE``: ``task_acks_late``, ``1`` or ``0`` [1]
+* ``CONVEYOR_TEST_EXECUTIONS``: the executions log (see ``apps.executions``)
+
+The broker and results come from ``$CONVEYOR_BROKER_URL``, as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from apps.executions import record_event
+from conveyor import Conveyor, Task
+from conveyor.task import current_request
+
+app = Conveyor("integration")
+
+
+def settings_from_env() -> dict[str, Any]:
+    """The settings this app takes from the environment."""
+    return {
+        "broker_lease_timeout": float(os.environ.get("CONVEYOR_TEST_LEASE_TIMEOUT", "2.0")),
+        "broker_max_deliveries": int(os.environ.get("CONVEYOR_TEST_MAX_DELIVERIES", "5")),
+        "task_acks_late": os.environ.get("CONVEYOR_TEST_ACKS_LATE", "1") == "1",
+    }
+
+
+def configure() -> None:
+    """Re-read the environment: the test process calls this once per test."""
+    app.close()
+    app.conf.update(settings_from_env())
+
+
+configure()
+
+
+class Boom(ValueError):
+    """What ``fail`` raises: a class the test process can import, to check re-raising."""
+
+
+def _record(event: str) -> None:
+    request = current_request()
+    record_event(request.id if request else None, event)
+
+
+@app.task
+def add(x: int, y: int) -> int:
+    _record("start")
+    _record("end")
+    return x + y
+
+
+@app.task
+def record(x: Any) -> Any:
+    """Records its execution, then returns ``x``."""
+    _record("start")
+    _record("end")
+    return x
+
+
+@app.task
+def sleep_then_record(seconds: float) -> float:
+    """Records its start, sleeps, records its end; returns ``seconds``."""
+    _record("start")
+    time.sleep(seconds)
+    _record("end")
+    return seconds
+
+
+@app.task
+def fail(message: str = "boom") -> None:
+    _record("start")
+    raise Boom(message)
+
+
+@app.task
+def die() -> None:
+    """Kills the process running it, as a segfault or the OOM killer would."""
+    _record("start")
+    os._exit(1)
+
+
+@app.task(bind=True)
+def whoami(self: Task[..., Any]) -> dict[str, Any]:
+    """The parts of ``self.request`` a task may rely on."""
+    request = self.request
+    return {
+        "id": request.id,
+        "task": request.task,
+        "retries": request.retries,
+        "delivery_count": request.delivery_count,
+        "queue": request.queue,
+        "hostname": request.hostname,
+        "is_eager": request.is_eager,
+    }

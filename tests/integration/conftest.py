@@ -1,0 +1,111 @@
+"""Fixtures for tests that run real ``conveyor worker`` processes on a real SQLite file.
+
+Every test gets its own SQLite file in ``tmp_path``, exported as
+``$CONVEYOR_BROKER_URL`` (results go to the same file), an executions log, and
+a ``start_worker`` factory whose processes are always killed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `apps` and `harness`, any import mode
+
+from apps import executions as executions_log
+from apps import tasks
+from harness import RunCli, StartWorker, WorkerProcess, run_conveyor
+
+from conveyor import Conveyor
+
+#: The environment the test app reads (see apps/tasks.py); ``@pytest.mark.app_env`` adds to it.
+DEFAULT_APP_ENV = {
+    "CONVEYOR_TEST_LEASE_TIMEOUT": "2.0",
+    "CONVEYOR_TEST_MAX_DELIVERIES": "5",
+    "CONVEYOR_TEST_ACKS_LATE": "1",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "app_env(**variables): environment for the test app, in the test and its workers",
+    )
+
+
+@pytest.fixture
+def broker_url(tmp_path: Path) -> str:
+    """A fresh SQLite file for this test (absolute path: four slashes)."""
+    return f"sqlite:///{tmp_path / 'conveyor.sqlite3'}"
+
+
+@pytest.fixture
+def executions(tmp_path: Path) -> executions_log.Executions:
+    """The log every task of this test's workers appends its runs to."""
+    return executions_log.Executions(tmp_path / "executions.log")
+
+
+@pytest.fixture
+def app(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    broker_url: str,
+    executions: executions_log.Executions,
+) -> Iterator[Conveyor]:
+    """The test app, in this process, on this test's broker; its environment is what
+    the workers started by ``start_worker`` inherit."""
+    env = dict(DEFAULT_APP_ENV)
+    for marker in reversed(list(request.node.iter_markers("app_env"))):
+        env.update(marker.kwargs)
+    env["CONVEYOR_BROKER_URL"] = broker_url
+    env[executions_log.ENV] = str(executions.path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CONVEYOR_RESULT_BACKEND", raising=False)
+    monkeypatch.delenv("CONVEYOR_APP", raising=False)
+    tasks.configure()
+    yield tasks.app
+    tasks.app.close()
+
+
+@pytest.fixture
+def start_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
+    """``start_worker(*worker_args, env={...})`` starts ``conveyor -A apps.tasks worker``.
+
+    Each worker is named ``wN@<host>`` unless ``-n`` is given, logs at info level
+    to ``tmp_path/wN.log``, and is killed (its whole process group) at teardown.
+    """
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        number = len(started) + 1
+        argv = list(args)
+        if "-n" not in argv and "--hostname" not in argv:
+            argv += ["-n", f"w{number}@%h"]
+        if "-l" not in argv and "--loglevel" not in argv:
+            argv += ["-l", "info"]
+        worker = WorkerProcess(argv, {**os.environ, **(env or {})}, tmp_path / f"w{number}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for number, worker in enumerate(started, 1):
+        worker.cleanup()
+        # shown by pytest only when the test failed
+        print(f"----- worker w{number} (exit code {worker.proc.returncode}) -----")
+        print(worker.stderr_text())
+
+
+@pytest.fixture
+def conveyor_cli(app: Conveyor) -> RunCli:
+    """``conveyor_cli(*args, app="apps.tasks")`` runs one ``conveyor`` command to the end."""
+
+    def run(*args: str, app: str | None = "apps.tasks") -> subprocess.CompletedProcess[str]:
+        return run_conveyor(*args, env=dict(os.environ), app=app)
+
+    return run
