@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers unit lock clean docs
+.PHONY: demo test lint typecheck layers redis unit lock clean docs
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@./scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -25,8 +25,13 @@ layers: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -c "from conveyor.config import render_markdown; print(render_markdown(), end='')" > docs/settings.md
+	$(BIN)/python -c "from conveyor.brokers.redis.docs import render_markdown; print(render_markdown(), end='')" > docs/redis.md
 
-test: lint typecheck layers
+# The tests start their own redis-server processes; this installs the binary if missing.
+redis:
+	@./scripts/ensure-redis.sh
+
+test: redis lint typecheck layers
 	$(BIN)/python -m pytest -q
 
 lock: $(STAMP)

@@ -121,6 +121,7 @@ class Conveyor:
                     options = BrokerOptions(
                         lease_seconds=self.conf.broker_lease_timeout,
                         max_deliveries=self.conf.broker_max_deliveries,
+                        connection_timeout=self.conf.broker_connection_timeout,
                     )
                     self._broker = connect_broker(self.broker_url, options)
         return self._broker

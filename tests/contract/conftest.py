@@ -9,9 +9,11 @@ import pytest
 
 from conveyor.backends.base import ResultBackend
 from conveyor.backends.memory import MemoryResultBackend
+from conveyor.backends.redis import RedisResultBackend
 from conveyor.backends.sqlite import SqliteResultBackend
 from conveyor.brokers.base import Broker, BrokerOptions
 from conveyor.brokers.memory import MemoryBroker
+from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.sqlite import SqliteBroker
 
 BrokerFactory = Callable[[BrokerOptions], Broker]
@@ -20,25 +22,35 @@ BrokerFactory = Callable[[BrokerOptions], Broker]
 LEASE_SECONDS = 0.5
 MAX_DELIVERIES = 3
 
-# One entry per implementation: (id, build(tmp_path, options)). Add redis here.
-BROKERS: list[tuple[str, Callable[[Path, BrokerOptions], Broker]]] = [
-    ("memory", lambda tmp, options: MemoryBroker("memory://", options)),
-    ("sqlite", lambda tmp, options: SqliteBroker(f"sqlite:///{tmp}/broker.sqlite3", options)),
+# One entry per implementation: (id, build(tmp_path, options, request)); the request
+# reaches a server fixture only for the implementations that need one.
+BROKERS: list[tuple[str, Callable[[Path, BrokerOptions, pytest.FixtureRequest], Broker]]] = [
+    ("memory", lambda tmp, options, request: MemoryBroker("memory://", options)),
+    (
+        "sqlite",
+        lambda tmp, options, request: SqliteBroker(f"sqlite:///{tmp}/broker.sqlite3", options),
+    ),
+    (
+        "redis",
+        lambda tmp, options, request: RedisBroker(request.getfixturevalue("redis_url"), options),
+    ),
 ]
-BACKENDS: list[tuple[str, Callable[[Path], ResultBackend]]] = [
-    ("memory", lambda tmp: MemoryResultBackend("memory://")),
-    ("sqlite", lambda tmp: SqliteResultBackend(f"sqlite:///{tmp}/results.sqlite3")),
+# Backends take the test's request too, to reach a server fixture only when they need one.
+BACKENDS: list[tuple[str, Callable[[Path, pytest.FixtureRequest], ResultBackend]]] = [
+    ("memory", lambda tmp, request: MemoryResultBackend("memory://")),
+    ("sqlite", lambda tmp, request: SqliteResultBackend(f"sqlite:///{tmp}/results.sqlite3")),
+    ("redis", lambda tmp, request: RedisResultBackend(request.getfixturevalue("redis_url"))),
 ]
 
 
 @pytest.fixture(params=[build for _, build in BROKERS], ids=[name for name, _ in BROKERS])
 def make_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerFactory]:
     """Builds brokers of one implementation with the given options; closes them after."""
-    build: Callable[[Path, BrokerOptions], Broker] = request.param
+    build: Callable[[Path, BrokerOptions, pytest.FixtureRequest], Broker] = request.param
     made: list[Broker] = []
 
     def make(options: BrokerOptions) -> Broker:
-        made.append(build(tmp_path, options))
+        made.append(build(tmp_path, options, request))
         return made[-1]
 
     yield make
@@ -55,6 +67,6 @@ def broker(make_broker: BrokerFactory) -> Broker:
 @pytest.fixture(params=[build for _, build in BACKENDS], ids=[name for name, _ in BACKENDS])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
     """A result backend of each implementation."""
-    built: ResultBackend = request.param(tmp_path)
+    built: ResultBackend = request.param(tmp_path, request)
     yield built
     built.close()

@@ -9,6 +9,7 @@ import pytest
 
 from conveyor.backends import connect_backend
 from conveyor.backends.memory import MemoryResultBackend
+from conveyor.backends.redis import RedisResultBackend
 from conveyor.backends.sqlite import SqliteResultBackend
 from conveyor.brokers import connect_broker
 from conveyor.brokers.base import BrokerOptions
@@ -62,10 +63,21 @@ def test_unknown_broker_scheme_names_the_supported_ones_and_hides_passwords() ->
 
 
 def test_unknown_backend_scheme_names_the_supported_ones() -> None:
-    with pytest.raises(ConfigurationError, match="memory://, sqlite://") as raised:
-        connect_backend("redis://:secret@localhost/1")
+    with pytest.raises(ConfigurationError, match="memory://, sqlite://, redis://") as raised:
+        connect_backend("mongodb://:secret@localhost/1")
 
     assert "secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:pw@localhost:6379/1", "rediss://u:pw@host/0", "unix:///run/redis.sock?db=2"]
+)
+def test_redis_urls_open_the_redis_backend_without_connecting(url: str) -> None:
+    backend = connect_backend(url)
+
+    assert isinstance(backend, RedisResultBackend)
+    assert backend.url == url
+    backend.close()
 
 
 def test_in_memory_sqlite_is_refused() -> None:

@@ -9,7 +9,7 @@ from conveyor.exceptions import ConfigurationError
 
 __all__ = ["SCHEMES", "connect_backend"]
 
-SCHEMES = ("memory://", "sqlite://")
+SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "unix://")
 
 # As for brokers: the producer and an in-process worker must share one
 # memory:// backend, so there is one per name for the life of the process.
@@ -18,7 +18,9 @@ _memory_lock = threading.Lock()
 
 
 def connect_backend(url: str) -> ResultBackend:
-    """The result backend for ``url``: ``memory://[name]`` or ``sqlite:///path/to/file.sqlite3``.
+    """The result backend for ``url``: ``memory://[name]``, ``sqlite:///path/to/file.sqlite3``,
+    or Redis: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS),
+    ``unix:///path/to/redis.sock?db=N`` (each may add ``?prefix=name``).
 
     Within one process, every ``memory://`` URL with the same name returns the
     same backend.
@@ -40,6 +42,10 @@ def connect_backend(url: str) -> ResultBackend:
         from conveyor.backends.sqlite import SqliteResultBackend
 
         return SqliteResultBackend(url)
+    if sep and scheme in ("redis", "rediss", "unix"):
+        from conveyor.backends.redis import RedisResultBackend
+
+        return RedisResultBackend(url)
     raise ConfigurationError(
         f"no result backend for {scheme + sep!r} URLs: supported schemes are {', '.join(SCHEMES)}"
     )

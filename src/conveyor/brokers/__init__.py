@@ -9,7 +9,7 @@ from conveyor.exceptions import ConfigurationError
 
 __all__ = ["SCHEMES", "connect_broker"]
 
-SCHEMES = ("memory://", "sqlite://")
+SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "unix://")
 
 # memory:// only works if the producer and the worker thread of one process
 # reach the same broker object, and they build theirs separately from the same
@@ -19,7 +19,8 @@ _memory_lock = threading.Lock()
 
 
 def connect_broker(url: str, options: BrokerOptions | None = None) -> Broker:
-    """The broker for ``url``: ``memory://[name]`` or ``sqlite:///path/to/file.sqlite3``.
+    """The broker for ``url``: ``memory://[name]``, ``sqlite:///path/to/file.sqlite3``,
+    ``redis://[user:password@]host:port/db``, ``rediss://...`` or ``unix:///path``.
 
     Within one process, every ``memory://`` URL with the same name returns the
     same broker (made with the options of the first call).
@@ -41,6 +42,11 @@ def connect_broker(url: str, options: BrokerOptions | None = None) -> Broker:
         from conveyor.brokers.sqlite import SqliteBroker
 
         return SqliteBroker(url, options)
+    if sep and scheme in ("redis", "rediss", "unix"):
+        from conveyor.brokers.redis import RedisBroker
+
+        retry_for = (options or BrokerOptions()).connection_timeout
+        return RedisBroker(url, options, retry_for=retry_for)
     raise ConfigurationError(
         f"no broker for {safe_url(url)!r}: supported schemes are {', '.join(SCHEMES)}"
     )

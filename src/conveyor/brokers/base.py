@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import enum
 import time
-import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from conveyor.config import redact_url
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -123,10 +124,13 @@ class BrokerOptions:
     worker renews well before that, so only a dead or frozen consumer loses a
     lease. ``max_deliveries``: deliveries after which a message that keeps
     coming back (crash, lost lease) is dead-lettered instead.
+    ``connection_timeout``: how long a call to a networked broker retries
+    through connection errors before raising BrokerUnavailable.
     """
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    connection_timeout: float = 10.0
 
 
 class Broker(ABC):
@@ -263,15 +267,7 @@ def now() -> float:
 
 def safe_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, for banners and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url)
 
 
 def check_priority(priority: int) -> int:

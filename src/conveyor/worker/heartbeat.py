@@ -49,20 +49,30 @@ class Heartbeat:
     def _run(self) -> None:
         next_renew = time.monotonic() + self.renew_every
         next_reclaim = time.monotonic()
+        failing = False
         while not self._stop.is_set():
             now = time.monotonic()
             try:
-                if now >= next_renew:
+                if now >= next_renew or failing:
                     self.renew()
                     next_renew = now + self.renew_every
+                if failing:
+                    # Back from a broker outage: every lease may look expired now.
+                    # Give every live worker one lease period to renew before any
+                    # reclaim, so only the leases of dead workers are taken over.
+                    logger.info("broker reachable again; leases renewed")
+                    next_reclaim = now + self.broker.options.lease_seconds
+                    failing = False
                 if now >= next_reclaim:
                     self.reclaim()
                     next_reclaim = now + self.reclaim_every * random.uniform(0.8, 1.2)
                 self.last_beat = now
-            except Exception:
-                logger.exception("heartbeat failed; retrying")
-                next_renew = min(next_renew, now + 0.5)
-            self._stop.wait(max(0.05, min(next_renew, next_reclaim) - time.monotonic()))
+            except Exception as exc:
+                if not failing:
+                    logger.error("heartbeat failed (%s); retrying", exc)
+                failing = True
+            wait = 0.5 if failing else min(next_renew, next_reclaim) - time.monotonic()
+            self._stop.wait(max(0.05, wait))
 
     def renew(self) -> None:
         deliveries = self.held()

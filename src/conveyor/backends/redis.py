@@ -1,0 +1,160 @@
+"""The Redis result backend: one expiring string per task, and a channel that wakes its waiters.
+
+Keys (``prefix`` defaults to ``conveyor``)::
+
+    {prefix}:result:{task_id}   string, PX = the write's ttl (reset by every write)
+                                value: STATE SP STORED_AT LF PAYLOAD
+                                e.g. b"SUCCESS 1718000000.123456\\n" + payload, where
+                                STORED_AT is ``repr(time.time())`` of the writer and
+                                PAYLOAD the result layer's opaque bytes
+    {prefix}:result:{task_id}   pub/sub channel (channels and keys are separate
+                                namespaces): every write PUBLISHes the task id
+
+Round trips: ``store_many`` is one pipeline (SET PX + PUBLISH per record) for
+any number of records. ``wait`` is one GET when the record is already ready;
+otherwise it opens a pub/sub connection, SUBSCRIBEs and reads the confirmation
+(so a write after that cannot be missed), GETs, then blocks on the channel and
+GETs once per notification. A pub/sub reconnect re-subscribes and its
+confirmation triggers a GET too, so a write during an outage is not missed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+from urllib.parse import unquote_plus
+
+import redis
+from redis.client import PubSub
+
+from conveyor.backends.base import READY_STATES, ResultBackend, ResultWrite, StoredResult
+from conveyor.exceptions import BackendError
+from conveyor.storage.redis import RedisConnection
+
+DEFAULT_PREFIX = "conveyor"
+#: A waiter without a deadline wakes this often to let the connection's health check run;
+#: it reads nothing from Redis when it wakes without a notification.
+BLOCK_SECONDS = 5.0
+
+
+def pack(state: str, stored_at: float, payload: bytes) -> bytes:
+    """The stored value: ``STATE SP STORED_AT LF PAYLOAD``."""
+    return b"%s %s\n%s" % (state.encode(), repr(stored_at).encode(), payload)
+
+
+def unpack(task_id: str, value: bytes) -> StoredResult:
+    """A stored value back as a record.
+
+    Raises:
+        BackendError: the value was not written by ``pack``.
+    """
+    header, newline, payload = value.partition(b"\n")
+    state, space, stored_at = header.rpartition(b" ")
+    try:
+        if not (newline and space):
+            raise ValueError("no header")
+        return StoredResult(task_id, state.decode(), payload, float(stored_at))
+    except ValueError:
+        raise BackendError(f"the stored result of {task_id!r} is not conveyor's") from None
+
+
+def ready(record: StoredResult | None) -> bool:
+    """Whether ``record`` exists and its state is final."""
+    return record is not None and record.state in READY_STATES
+
+
+def split_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``prefix=`` query parameter, and that parameter's value."""
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url, None
+    prefix = None
+    kept = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if unquote_plus(name) == "prefix":
+            prefix = unquote_plus(value)
+        else:
+            kept.append(part)
+    return (f"{base}?{'&'.join(kept)}" if kept else base), prefix
+
+
+class RedisResultBackend(ResultBackend):
+    """Results in Redis, each with a TTL; waiters are woken by pub/sub, never by polling.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
+            ``unix:///path/to/socket?db=N``; ``?prefix=name`` sets the key prefix.
+        prefix: the key prefix (overrides the URL's); default ``conveyor``.
+        retry_for: seconds to retry a call while Redis cannot be reached, after
+            which it raises ``BackendError``.
+    """
+
+    def __init__(self, url: str, *, prefix: str | None = None, retry_for: float = 10.0) -> None:
+        self.url = url
+        connect_url, url_prefix = split_prefix(url)
+        self.prefix = prefix or url_prefix or DEFAULT_PREFIX
+        self._conn = RedisConnection(connect_url, BackendError, retry_for=retry_for)
+
+    def _key(self, task_id: str) -> str:
+        return f"{self.prefix}:result:{task_id}"
+
+    def store_many(self, writes: Sequence[ResultWrite]) -> None:
+        stored_at = time.time()
+        values = [
+            (self._key(w.task_id), w.task_id, pack(w.state, stored_at, w.payload), w.ttl)
+            for w in writes
+        ]
+
+        def run(client: redis.Redis) -> None:
+            # No MULTI: each SET is idempotent, so a retried partial batch is harmless.
+            with client.pipeline(transaction=False) as pipe:
+                for key, task_id, value, ttl in values:
+                    pipe.set(key, value, px=max(1, round(ttl * 1000)))
+                    pipe.publish(key, task_id)
+                pipe.execute()
+
+        if values:
+            self._conn.call(run)
+
+    def get(self, task_id: str) -> StoredResult | None:
+        key = self._key(task_id)
+        value = cast("bytes | None", self._conn.call(lambda client: client.get(key)))
+        return None if value is None else unpack(task_id, value)
+
+    def wait(self, task_id: str, timeout: float | None) -> StoredResult | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        record = self.get(task_id)
+        if ready(record) or (timeout is not None and timeout <= 0):
+            return record
+        key = self._key(task_id)
+        # redis-py leaves ``pubsub()`` unannotated; it returns a PubSub on the client's pool.
+        pubsub = cast("Callable[[], PubSub]", self._conn.client.pubsub)()
+        try:
+            self._conn.call(lambda _: pubsub.subscribe(key))
+            while True:
+                left = BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return self.get(task_id)  # not the last read: it may have expired since
+                # The first message is SUBSCRIBE's confirmation (again after a reconnect):
+                # from then on no write is missed, so every message means "read it now".
+                if self._listen(pubsub, min(left, BLOCK_SECONDS)) is not None:
+                    record = self.get(task_id)
+                    if ready(record):
+                        return record
+        finally:
+            pubsub.close()
+
+    def _listen(self, pubsub: PubSub, seconds: float) -> dict[str, Any] | None:
+        """The next pub/sub message within ``seconds``, or None."""
+        message = self._conn.call(lambda _: pubsub.get_message(timeout=seconds))
+        return cast("dict[str, Any] | None", message)
+
+    def forget(self, task_id: str) -> None:
+        key = self._key(task_id)
+        self._conn.call(lambda client: client.delete(key))
+
+    def close(self) -> None:
+        """Close this process's connections."""
+        self._conn.close()

@@ -1,0 +1,67 @@
+"""Every Redis key the broker uses, with its type and lifetime.
+
+All keys of one queue share the hash tag ``{queue}`` so a script touching them
+runs on one Cluster slot; every key a script touches is passed in KEYS.
+
+| key | type | holds (lifetime) |
+|---|---|---|
+| `P:{q}:ready` | zset | member -> (9 - priority) x 9e14 + ready time in 4-us units: highest priority first, then the order messages became ready (until fetched) |
+| `P:{q}:delayed` | zset | member -> due time in us (until due: fetch moves it to ready) |
+| `P:{q}:inflight` | zset | member -> lease expiry in us (until ack, release, requeue, retry, dead-letter or reclaim) |
+| `P:{q}:dead` | zset | member -> time of death in us (until requeued or dropped) |
+| `P:{q}:msg` | hash | member -> msgpack record `{id, body, p, dl, n, ord, tok, con, hist, reason, died}` (until acked, purged or dropped) |
+| `P:{q}:wake` | list | wake-up tokens that sleeping consumers BLPOP (at most 64; emptied when nothing is ready) |
+| `P:{q}:seq` | string | counter for members (one per queue, kept) |
+| `P:queues` | set | names of queues ever published to (kept; for stats and reclaim) |
+
+``P`` is the prefix (default ``conveyor``). A member is the message's sequence
+number in its queue, zero-padded to 12 digits so equal scores sort FIFO. A
+delivery's token is ``member.fetches.random``: unique per delivery, and it
+names the member, so every settle call finds its record without a lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue."""
+
+    ready: str
+    delayed: str
+    inflight: str
+    dead: str
+    msg: str
+    wake: str
+    seq: str
+
+
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    """The keys of ``queue`` under ``prefix``.
+
+    Raises:
+        ValueError: the name is empty or has braces (they would break the hash tag).
+    """
+    if not queue or "{" in queue or "}" in queue:
+        raise ValueError(f"invalid queue name {queue!r}: must be non-empty, without braces")
+    base = f"{prefix}:{{{queue}}}"
+    return QueueKeys(
+        ready=f"{base}:ready",
+        delayed=f"{base}:delayed",
+        inflight=f"{base}:inflight",
+        dead=f"{base}:dead",
+        msg=f"{base}:msg",
+        wake=f"{base}:wake",
+        seq=f"{base}:seq",
+    )
+
+
+def queues_key(prefix: str) -> str:
+    return f"{prefix}:queues"
+
+
+def member_of(token: str) -> str:
+    """The member a delivery token belongs to."""
+    return token.split(".", 1)[0]

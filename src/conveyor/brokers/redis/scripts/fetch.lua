@@ -1,0 +1,122 @@
+-- fetch: promote due delayed messages, then lease up to `limit` ready ones.
+-- KEYS: 5 per queue, in the consumer's order: ready, delayed, inflight, msg, wake
+-- ARGV: 1 number of queues, 2 limit, 3 consumer, 4 lease_us, 5 token suffix, 6 history length
+-- Returns: {n, wait_us, then n groups of 6: queue index (0-based), id, body, priority,
+--           token, deliveries}. With n = 0, wait_us is the time until the earliest
+--           delayed message is due (-1: none), and the wake lists are emptied.
+local now = now_us()
+local nq, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local consumer, lease, suffix, keep = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+
+for q = 0, nq - 1 do
+  local ready, delayed, msg = KEYS[q * 5 + 1], KEYS[q * 5 + 2], KEYS[q * 5 + 4]
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', fmt(now), 'WITHSCORES', 'LIMIT', 0, 1000)
+  if #due > 0 then
+    local members = {}
+    for i = 1, #due, 2 do members[#members + 1] = due[i] end
+    local raws = redis.call('HMGET', msg, unpack(members))
+    local zargs, hargs = {}, {}
+    for i, member in ipairs(members) do
+      if raws[i] then
+        local st = cmsgpack.unpack(raws[i])
+        -- a delayed message joins the queue at its due time
+        st.ord = ready_score(st.p, tonumber(due[i * 2]))
+        zargs[#zargs + 1] = fmt(st.ord)
+        zargs[#zargs + 1] = member
+        hargs[#hargs + 1] = member
+        hargs[#hargs + 1] = cmsgpack.pack(st)
+      end
+    end
+    if #zargs > 0 then
+      redis.call('ZADD', ready, unpack(zargs))
+      redis.call('HSET', msg, unpack(hargs))
+    end
+    redis.call('ZREM', delayed, unpack(members))
+  end
+end
+
+local candidates = {}
+for q = 0, nq - 1 do
+  local top = redis.call('ZRANGE', KEYS[q * 5 + 1], 0, limit - 1, 'WITHSCORES')
+  for i = 1, #top, 2 do
+    candidates[#candidates + 1] = {q, top[i], tonumber(top[i + 1])}
+  end
+end
+table.sort(candidates, function(a, b)
+  if a[3] ~= b[3] then return a[3] < b[3] end
+  return a[2] < b[2]
+end)
+
+local by_queue, order = {}, {}
+for i = 1, math.min(limit, #candidates) do
+  local c = candidates[i]
+  if not by_queue[c[1]] then
+    by_queue[c[1]] = {}
+    order[#order + 1] = c[1]
+  end
+  local list = by_queue[c[1]]
+  list[#list + 1] = c[2]
+end
+
+local out = {0, -1}
+local claimed = {}
+for _, q in ipairs(order) do
+  local members = by_queue[q]
+  local ready, inflight, msg, wake_key = KEYS[q * 5 + 1], KEYS[q * 5 + 3], KEYS[q * 5 + 4], KEYS[q * 5 + 5]
+  local raws = redis.call('HMGET', msg, unpack(members))
+  local zargs, hargs = {}, {}
+  for i, member in ipairs(members) do
+    if raws[i] then
+      local st = cmsgpack.unpack(raws[i])
+      st.dl = st.dl + 1
+      -- n counts every fetch and never goes down (release undoes dl): tokens never repeat
+      st.n = (st.n or 0) + 1
+      st.tok = member .. '.' .. st.n .. '.' .. suffix
+      st.con = consumer
+      local hist = st.hist
+      hist[#hist + 1] = {consumer, now}
+      while #hist > keep do table.remove(hist, 1) end
+      zargs[#zargs + 1] = fmt(now + lease)
+      zargs[#zargs + 1] = member
+      hargs[#hargs + 1] = member
+      hargs[#hargs + 1] = cmsgpack.pack(st)
+      claimed[q .. ' ' .. member] = st
+    end
+  end
+  redis.call('ZREM', ready, unpack(members))
+  if #zargs > 0 then
+    redis.call('ZADD', inflight, unpack(zargs))
+    redis.call('HSET', msg, unpack(hargs))
+  end
+  -- more left: pass the wake-up on to the next sleeping consumer
+  if redis.call('ZCARD', ready) > 0 then wake(wake_key, 1) end
+end
+
+-- reply in the merged order, not queue by queue
+for i = 1, math.min(limit, #candidates) do
+  local q, member = candidates[i][1], candidates[i][2]
+  local st = claimed[q .. ' ' .. member]
+  if st then
+    out[1] = out[1] + 1
+    out[#out + 1] = q
+    out[#out + 1] = st.id
+    out[#out + 1] = st.body
+    out[#out + 1] = st.p
+    out[#out + 1] = st.tok
+    out[#out + 1] = st.dl
+  end
+end
+
+if out[1] == 0 then
+  local next_due = nil
+  for q = 0, nq - 1 do
+    redis.call('DEL', KEYS[q * 5 + 5])
+    local first = redis.call('ZRANGE', KEYS[q * 5 + 2], 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local d = tonumber(first[2])
+      if not next_due or d < next_due then next_due = d end
+    end
+  end
+  if next_due then out[2] = fmt(math.max(next_due - now, 0)) end
+end
+return out
