@@ -21,15 +21,22 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultWrite
 from conveyor.brokers.base import Delivery, Disposition
-from conveyor.exceptions import DecodeError, NotRegistered, TaskRevokedError, WorkerLostError
+from conveyor.exceptions import (
+    BackendError,
+    BrokerError,
+    DecodeError,
+    NotRegistered,
+    TaskRevokedError,
+    WorkerLostError,
+)
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
 from conveyor.worker.heartbeat import Heartbeat
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 _STOP = object()
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -55,6 +63,9 @@ class WorkerOptions:
     hostname: str = ""
     shutdown_timeout: float = 25.0
     fetch_timeout: float = 1.0
+    #: Seconds without a successful fetch (while there is room) before the fetch
+    #: loop is restarted.
+    watchdog_timeout: float = 60.0
 
 
 def default_hostname() -> str:
@@ -83,6 +94,10 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self.heartbeat = Heartbeat(self.broker, self.held_deliveries, self._lease_lost)
         self.exit_code = 0
+        # The fetch loop stamps this whenever it is healthy (fetched, or full and
+        # waiting for a slot); the watchdog restarts a loop that stops stamping.
+        self.fetch_alive = time.monotonic()
+        self._fetch_generation = 0
 
     # -- running -------------------------------------------------------------------
 
@@ -92,14 +107,27 @@ class Worker:
     def start(self) -> None:
         """Start the pool and the worker threads (the pool first: prefork forks)."""
         self.pool.start()
-        for target, name in (
-            (self._fetch_loop, "conveyor-fetcher"),
-            (self._settle_loop, "conveyor-settler"),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._threads = [self._start_fetcher(), self._spawn(self._settle_loop, "conveyor-settler")]
         self.heartbeat.start()
+
+    @staticmethod
+    def _spawn(target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _start_fetcher(self) -> threading.Thread:
+        self._fetch_generation += 1
+        generation = self._fetch_generation
+        self.fetch_alive = time.monotonic()
+        return self._spawn(lambda: self._fetch_loop(generation), "conveyor-fetcher")
+
+    def _watch_fetcher(self) -> None:
+        stalled = time.monotonic() - self.fetch_alive
+        if stalled > self.options.watchdog_timeout:
+            # The stuck loop exits on its own if it ever returns (its generation is old).
+            logger.critical("no fetch has succeeded for %.0f s: restarting the fetch loop", stalled)
+            self._threads[0] = self._start_fetcher()
 
     def run(self) -> int:
         """Run until a shutdown signal; returns the process exit code."""
@@ -113,6 +141,7 @@ class Worker:
                 logger.critical("the worker cannot run tasks any more: exiting")
                 self.exit_code = 1
                 break
+            self._watch_fetcher()
         self.shutdown()
         return self.exit_code
 
@@ -178,14 +207,15 @@ class Worker:
 
     # -- fetching ------------------------------------------------------------------
 
-    def _fetch_loop(self) -> None:
+    def _fetch_loop(self, generation: int) -> None:
         backoff = 0.1
-        while not self._stop_fetching.is_set():
+        while not self._stop_fetching.is_set() and generation == self._fetch_generation:
             with self._cond:
                 while len(self._held) >= self.capacity and not self._stop_fetching.is_set():
+                    self.fetch_alive = time.monotonic()
                     self._cond.wait(0.5)
                 room = self.capacity - len(self._held)
-            if self._stop_fetching.is_set():
+            if self._stop_fetching.is_set() or generation != self._fetch_generation:
                 return
             try:
                 deliveries = self.broker.fetch(
@@ -200,6 +230,7 @@ class Worker:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
+            self.fetch_alive = time.monotonic()
             for i, delivery in enumerate(deliveries):
                 if self._stop_fetching.is_set():
                     for rest in deliveries[i:]:
@@ -292,10 +323,35 @@ class Worker:
             if stop:
                 return
 
+    def _through_outage(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried through broker or backend outages until it succeeds.
+
+        Giving up would drop finished work (its lease would expire and the task
+        run again), so only a cold shutdown stops the retries.
+        """
+        delay = 0.5
+        failed = False
+        while True:
+            try:
+                result = call()
+            except (BrokerError, BackendError) as exc:
+                if self._cold.is_set():
+                    raise
+                if not failed:
+                    logger.error("%s failed (%s); retrying until it succeeds", what, exc)
+                failed = True
+                self._cold.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if failed:
+                logger.warning("%s succeeded again", what)
+            return result
+
     def _settle(self, batch: list[tuple[Job, Outcome]]) -> None:
         finished = [(j, o) for j, o in batch if o.state != LOST]
         late = [j.delivery for j, _ in finished if j.acks_late]
-        accepted = dict(zip((d.token for d in late), self.broker.ack(late), strict=True))
+        acks = self._through_outage("ack", lambda: self.broker.ack(late)) if late else []
+        accepted = dict(zip((d.token for d in late), acks, strict=True))
         writes: list[ResultWrite] = []
         expires = self.app.conf.result_expires
         for job, outcome in finished:
@@ -310,14 +366,14 @@ class Worker:
             if outcome.payload is not None and job.store_result:
                 writes.append(ResultWrite(job.message.id, outcome.state, outcome.payload, expires))
         if writes:
-            self.backend.store_many(writes)
+            self._through_outage("storing results", lambda: self.backend.store_many(writes))
         for job, outcome in batch:
             if outcome.state == LOST:
                 self._settle_lost(job, outcome)
 
     def _settle_lost(self, job: Job, outcome: Outcome) -> None:
         if job.acks_late and self.app.conf.task_reject_on_worker_lost:
-            disposition = self.broker.requeue(job.delivery)
+            disposition = self._through_outage("requeue", lambda: self.broker.requeue(job.delivery))
             if disposition is Disposition.REQUEUED:
                 logger.warning("%s lost (%s): returned to the queue", job.label, outcome.summary)
                 return
