@@ -1,8 +1,11 @@
-"""Fixtures for tests that run real ``conveyor worker`` processes on a real SQLite file.
+"""Fixtures for tests that run real ``conveyor worker`` processes on a real broker.
 
-Every test gets its own SQLite file in ``tmp_path``, exported as
-``$CONVEYOR_BROKER_URL`` (results go to the same file), an executions log, and
-a ``start_worker`` factory whose processes are always killed at teardown.
+Every test that uses the broker runs twice: on its own SQLite file in
+``tmp_path`` and on the session's redis-server (flushed before the test). The
+broker's URL is exported as ``$CONVEYOR_BROKER_URL`` (results go to the same
+place); each test also gets an executions log and a ``start_worker`` factory
+whose processes are always killed at teardown. ``@pytest.mark.brokers("redis")``
+limits a test to some of the brokers.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from harness import RunCli, StartWorker, WorkerProcess, run_conveyor
 
 from conveyor import Conveyor
 
+#: Every broker the suite runs on, by the id pytest shows: ``test_x[sqlite]``, ``test_x[redis]``.
+BROKERS = ("sqlite", "redis")
+
+#: (test id, what, value) of every figure a test measured, shown after the run.
+_MEASURED: list[tuple[str, str, object]] = []
+
 #: The environment the test app reads (see apps/tasks.py); ``@pytest.mark.app_env`` adds to it.
 DEFAULT_APP_ENV = {
     "CONVEYOR_TEST_LEASE_TIMEOUT": "2.0",
@@ -36,11 +45,47 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "app_env(**variables): environment for the test app, in the test and its workers",
     )
+    config.addinivalue_line(
+        "markers",
+        f"brokers(*names): run the test on these brokers only (of {', '.join(BROKERS)})",
+    )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Keep the figures tests measured (``record_property("measured: what", value)``)."""
+    if report.when == "call":
+        for name, value in report.user_properties:
+            if str(name).startswith("measured: "):
+                _MEASURED.append((report.nodeid, str(name)[len("measured: ") :], value))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the measured figures at the end of the run, pass or fail."""
+    if _MEASURED:
+        terminalreporter.section("measured")
+        for nodeid, name, value in _MEASURED:
+            terminalreporter.write_line(f"{nodeid.rpartition('::')[2]}: {name} = {value}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses the broker once per broker (``brokers`` marker: some)."""
+    if "broker_url" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("brokers")
+    names = marker.args if marker else BROKERS
+    unknown = set(names) - set(BROKERS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.function.__name__}: unknown brokers {unknown}")
+    metafunc.parametrize("broker_url", names, indirect=True)
 
 
 @pytest.fixture
-def broker_url(tmp_path: Path) -> str:
-    """A fresh SQLite file for this test (absolute path: four slashes)."""
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """This test's broker, empty: a fresh SQLite file (absolute path: four slashes), or
+    the session's redis-server, flushed."""
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
     return f"sqlite:///{tmp_path / 'conveyor.sqlite3'}"
 
 

@@ -56,12 +56,12 @@ class WorkerProcess:
     Its stdout and stderr go to a file, so no pipe can fill up and block it.
     """
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path):
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path, app: str = APP):
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed by cleanup()
         try:
             self.proc = subprocess.Popen(
-                conveyor_command("worker", *args),
+                conveyor_command("worker", *args, app=app),
                 cwd=HERE,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command, run as a real process against a real SQLite file."""
+"""The ``conveyor`` command, run as a real process against a real broker (SQLite, Redis)."""
 
 from __future__ import annotations
 
@@ -176,6 +176,7 @@ def test_app_option_resolves_module_module_colon_attr_and_dotted_forms(
     ],
 )
 @pytest.mark.parametrize("command", [("queues",), ("worker", "-c", "1")])
+@pytest.mark.brokers("sqlite")  # the app is never found, so no broker is reached
 def test_bad_app_option_is_one_error_line_and_a_non_zero_exit(
     app: Conveyor, conveyor_cli: RunCli, spec: str, says: str, command: tuple[str, ...]
 ) -> None:

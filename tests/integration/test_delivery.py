@@ -14,10 +14,10 @@ from conveyor import Conveyor, states
 TASKS = 2_000
 
 
-def test_two_workers_on_one_sqlite_file_run_2000_tasks_each_exactly_once(
+def test_two_workers_on_one_broker_run_2000_tasks_each_exactly_once(
     app: Conveyor, start_worker: StartWorker, executions: Executions
 ) -> None:
-    # Given two prefork workers with concurrency 2 each on the same SQLite file
+    # Given two prefork workers with concurrency 2 each on the same broker
     workers = [start_worker("-c", "2", "-l", "warning") for _ in range(2)]
     for worker in workers:
         worker.wait_ready()
@@ -115,6 +115,7 @@ def test_with_acks_late_off_a_message_is_acknowledged_before_its_task_runs(
 
 
 @pytest.mark.slow
+@pytest.mark.brokers("sqlite")  # on Redis: test_redis_guarantees.py, three times the lease
 @pytest.mark.app_env(CONVEYOR_TEST_LEASE_TIMEOUT="1.5")
 def test_task_running_far_longer_than_the_lease_is_never_handed_to_a_second_worker(
     app: Conveyor, start_worker: StartWorker, executions: Executions

@@ -72,6 +72,7 @@ def test_bound_task_sees_its_request_id_retries_delivery_count_queue_and_hostnam
     }
 
 
+@pytest.mark.brokers("sqlite")  # the Redis banner: test_redis_guarantees.py
 def test_banner_names_the_sqlite_broker_and_warns_it_is_embedded(
     app: Conveyor, start_worker: StartWorker, broker_url: str
 ) -> None:

@@ -18,6 +18,7 @@ LEASE = 1.5
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.brokers("sqlite")  # on Redis: test_redis_guarantees.py, with the default lease
 @pytest.mark.app_env(CONVEYOR_TEST_LEASE_TIMEOUT=str(LEASE))
 def test_sigkill_of_the_whole_worker_mid_task_runs_the_task_again_on_a_new_worker(
     app: Conveyor, start_worker: StartWorker, executions: Executions

@@ -6,6 +6,9 @@ worker process, at start-up; in the test process, again by ``configure``):
 * ``CONVEYOR_TEST_LEASE_TIMEOUT``: ``broker_lease_timeout`` in seconds [2.0]
 * ``CONVEYOR_TEST_MAX_DELIVERIES``: ``broker_max_deliveries`` [5]
 * ``CONVEYOR_TEST_ACKS_LATE``: ``task_acks_late``, ``1`` or ``0`` [1]
+* ``CONVEYOR_TEST_RESULT_EXPIRES``: ``result_expires`` in seconds [the setting's default]
+* ``CONVEYOR_TEST_CONNECTION_TIMEOUT``: ``broker_connection_timeout`` in seconds
+  [the setting's default]
 * ``CONVEYOR_TEST_EXECUTIONS``: the executions log (see ``apps.executions``)
 
 The broker and results come from ``$CONVEYOR_BROKER_URL``, as in production.
@@ -19,9 +22,16 @@ from typing import Any
 
 from apps.executions import record_event
 from conveyor import Conveyor, Task
+from conveyor.config import SETTINGS
 from conveyor.task import current_request
 
 app = Conveyor("integration")
+
+
+def _seconds(variable: str, setting: str) -> float:
+    """``$variable`` as seconds, or the default of ``setting`` when it is unset or empty."""
+    value = os.environ.get(variable)
+    return float(value) if value else float(SETTINGS[setting].default)
 
 
 def settings_from_env() -> dict[str, Any]:
@@ -30,6 +40,10 @@ def settings_from_env() -> dict[str, Any]:
         "broker_lease_timeout": float(os.environ.get("CONVEYOR_TEST_LEASE_TIMEOUT", "2.0")),
         "broker_max_deliveries": int(os.environ.get("CONVEYOR_TEST_MAX_DELIVERIES", "5")),
         "task_acks_late": os.environ.get("CONVEYOR_TEST_ACKS_LATE", "1") == "1",
+        "result_expires": _seconds("CONVEYOR_TEST_RESULT_EXPIRES", "result_expires"),
+        "broker_connection_timeout": _seconds(
+            "CONVEYOR_TEST_CONNECTION_TIMEOUT", "broker_connection_timeout"
+        ),
     }
 
 
@@ -73,6 +87,37 @@ def sleep_then_record(seconds: float) -> float:
     time.sleep(seconds)
     _record("end")
     return seconds
+
+
+@app.task(ignore_result=True)
+def record_without_result(x: Any) -> Any:
+    """``record``, declared with ``ignore_result=True``: its return value is never stored."""
+    _record("start")
+    _record("end")
+    return x
+
+
+@app.task(bind=True)
+def record_eta(self: Task[..., Any], x: Any) -> float | None:
+    """Records its execution; returns the due time its message carried (UNIX seconds)."""
+    _record("start")
+    _record("end")
+    eta = self.request.eta
+    return None if eta is None else eta.timestamp()
+
+
+@app.task
+def sleep_then_report(seconds: float) -> dict[str, Any]:
+    """``sleep_then_record``, returning who ran it: the worker's hostname and the pids."""
+    _record("start")
+    time.sleep(seconds)
+    _record("end")
+    request = current_request()
+    return {
+        "hostname": request.hostname if request else None,
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+    }
 
 
 @app.task

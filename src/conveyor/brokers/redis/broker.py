@@ -9,13 +9,14 @@ layout and ``scripts/`` for each script's contract.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
@@ -41,6 +42,8 @@ RECLAIM_BATCH = 500
 PUBLISH_BATCH = 1000
 #: Longest single BLPOP, so a fetch with a long timeout notices shutdown and outages.
 MAX_BLOCK = 5.0
+
+T = TypeVar("T")
 
 _SCRIPTS = ("publish", "fetch", "ack", "settle", "renew", "reclaim", "dead", "purge")
 
@@ -82,17 +85,47 @@ class RedisBroker(Broker):
         self._scripts: dict[tuple[int, str], Script] = {}
         self._registered: set[str] = set()
         self._suffix = secrets.token_hex(4)
+        # When this process last found Redis out of reach, or reached it again after
+        # that (monotonic): reclaim waits one lease from then (see ``reclaim``).
+        self._unreachable_at = -math.inf
+        self._down = False
 
     # -- plumbing ----------------------------------------------------------------
 
     def _keys(self, queue: str) -> QueueKeys:
         return queue_keys(self.prefix, queue)
 
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def _call(self, fn: Callable[[redis.Redis], T], *, retry_for: float | None = None) -> T:
+        """``fn(client)`` with the connection's retries, noting when Redis was out of
+        reach and when it was reached again."""
+        first = True
+
+        def attempt(client: redis.Redis) -> T:
+            nonlocal first
+            if not first:  # the previous attempt failed
+                self._down = True
+                self._unreachable_at = time.monotonic()
+            first = False
+            return fn(client)
+
+        try:
+            result = self._conn.call(attempt, retry_for=retry_for)
+        except BrokerUnavailable:
+            self._down = True
+            self._unreachable_at = time.monotonic()
+            raise
+        if self._down:
+            self._down = False
+            self._unreachable_at = time.monotonic()
+        return result
+
+    def _run(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], retry_for: float | None = None
+    ) -> Any:
         def call(client: redis.Redis) -> Any:
             return self._script(client, name)(keys=list(keys), args=list(args), client=client)
 
-        return self._conn.call(call)
+        return self._call(call, retry_for=retry_for)
 
     def _script(self, client: redis.Redis, name: str) -> Script:
         # Script objects hold the SHA; EVALSHA falls back to loading after NOSCRIPT
@@ -106,11 +139,11 @@ class RedisBroker(Broker):
 
     def _register(self, queue: str) -> None:
         if queue not in self._registered:
-            self._conn.call(lambda c: c.sadd(queues_key(self.prefix), queue))
+            self._call(lambda c: c.sadd(queues_key(self.prefix), queue))
             self._registered.add(queue)
 
     def _known_queues(self) -> list[str]:
-        members = self._conn.call(lambda c: c.smembers(queues_key(self.prefix)))
+        members = self._call(lambda c: c.smembers(queues_key(self.prefix)))
         return sorted(as_str(m) for m in members)
 
     def _settle_keys(self, queue: str) -> list[str]:
@@ -151,7 +184,7 @@ class RedisBroker(Broker):
                 self._script(client, "publish")(keys=keys, args=args, client=pipe)
             pipe.execute()
 
-        self._conn.call(call)
+        self._call(call)
 
     # -- consuming -------------------------------------------------------------
 
@@ -194,7 +227,7 @@ class RedisBroker(Broker):
         def call(client: redis.Redis) -> None:
             client.blpop(wake_keys, timeout=seconds)
 
-        self._conn.call(call)
+        self._call(call)
 
     @staticmethod
     def _deliveries(queues: Sequence[str], flat: list[Any], count: int) -> list[Delivery]:
@@ -230,7 +263,7 @@ class RedisBroker(Broker):
                     keys=[k.inflight, k.msg], args=[d.token for d in batch], client=client
                 )
 
-            codes = self._conn.call(call)
+            codes = self._call(call)
             for d, code in zip(batch, codes, strict=True):
                 # -1 (gone) after a retry: our earlier attempt acked it before the
                 # connection dropped. On a first attempt it means another consumer did.
@@ -265,20 +298,37 @@ class RedisBroker(Broker):
         for d in deliveries:
             by_queue[d.queue].append(d)
         lease = _us(self.options.lease_seconds)
+        # The heartbeat renews again every half second while this fails: a quick
+        # BrokerUnavailable lets it renew as soon as Redis is back, within the grace
+        # that ``reclaim`` gives after an outage.
+        retry_for = min(self._conn.retry_for, self.options.lease_seconds / 4)
         for queue, batch in by_queue.items():
             k = self._keys(queue)
-            positions = self._run("renew", [k.inflight, k.msg], [lease, *(d.token for d in batch)])
+            tokens = [lease, *(d.token for d in batch)]
+            positions = self._run("renew", [k.inflight, k.msg], tokens, retry_for=retry_for)
             lost.update(batch[int(p) - 1].id for p in positions)
         return lost
 
     def reclaim(self) -> list[Reclaimed]:
+        """See ``Broker.reclaim``; after an outage, nothing for one lease.
+
+        While Redis is out of reach nobody can renew, so when it is back every
+        lease held across the outage looks expired, live workers' included. So
+        this process takes nothing over until it has reached Redis again for
+        ``lease_seconds`` (every live worker renews in that time), and a sweep is
+        never retried: a retry would run the moment Redis is back, before anyone
+        could renew.
+        """
         out: list[Reclaimed] = []
         for queue in self._known_queues():
+            if time.monotonic() - self._unreachable_at < self.options.lease_seconds:
+                break
             k = self._keys(queue)
             flat = self._run(
                 "reclaim",
                 [k.ready, k.inflight, k.msg, k.wake, k.dead],
                 [self.options.max_deliveries, RECLAIM_BATCH],
+                retry_for=0,
             )
             for i in range(0, len(flat), 3):
                 disposition = Disposition(as_str(flat[i + 1]))
@@ -339,7 +389,7 @@ class RedisBroker(Broker):
                     pipe.zcard(key)
             return pipe.execute()
 
-        counts = self._conn.call(call)
+        counts = self._call(call)
         out = []
         for i, name in enumerate(names):
             ready, delayed, in_flight, dead = (int(c) for c in counts[i * 4 : i * 4 + 4])
