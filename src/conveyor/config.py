@@ -6,6 +6,7 @@ import copy
 import difflib
 import importlib
 import inspect
+import logging
 import math
 import os
 import re
@@ -110,6 +111,30 @@ def _choice(*options: str) -> Validator:
         return str(value)
 
     return check
+
+
+def _path(value: Any) -> str | None:
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str) or not path:
+        raise _Invalid("None or a file path (a str or a pathlib.Path)")
+    return path
+
+
+def _log_format(value: Any) -> str:
+    # Celery's worker_log_format is a %-style format string: accepted for text lines, so a
+    # Celery config keeps working; "text" and "json" are conveyor's own formats.
+    expected = "'text', 'json', or a %-style format string such as '%(levelname)s %(message)s'"
+    if value in ("text", "json"):
+        return str(value)
+    if not isinstance(value, str) or "%(" not in value:
+        raise _Invalid(expected)
+    try:
+        logging.PercentStyle(value).validate()
+    except ValueError as exc:
+        raise _Invalid(expected, str(exc)) from None
+    return value
 
 
 def _url(value: Any) -> str | None:
@@ -282,6 +307,19 @@ _TABLE = (
             "On SIGTERM, seconds running tasks may take to finish before they are returned to "
             "the queue (under Kubernetes' 30 s grace period).",
             "Celery's warm shutdown waits for running tasks without a limit."),
+    Setting("worker_heartbeat_file", None, _path, CONVEYOR_ONLY,
+            "A file the worker rewrites every second with its pid and the time its fetch loop "
+            "last made progress, and removes when it stops; `conveyor worker-health --file PATH` "
+            "reads it for container liveness probes. None: no file.",
+            "Celery has no such file: its liveness check, `celery inspect ping`, is a round trip "
+            "through the broker."),
+    Setting("worker_log_format", "text", _log_format,
+            "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s",
+            "`text`: one line per record, with the running task's `name[id]`; `json`: one JSON "
+            "object per line (time, level, logger, process, message, `task_name`, `task_id`, "
+            "`exc_info`) for log shippers. `--log-format` overrides it.",
+            "Celery's value is a %-style format string; conveyor accepts one too (for text lines, "
+            "with `%(task_name)s` and `%(task_id)s`), and adds `text` and `json`."),
     Setting("timezone", "UTC", _timezone, "UTC", "Time zone of `crontab` schedules."),
     Setting("enable_utc", True, _bool, True, "Dates in messages are in UTC."),
     Setting("beat_schedule", {}, _schedule, {}, "Periodic tasks that `conveyor beat` sends."),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import datetime as dt
 import sys
+import time
 import traceback as tb
 from typing import Any, Protocol
 
@@ -127,6 +129,9 @@ def _loaded_class(type_name: str) -> Any:
 
 # -- handles ---------------------------------------------------------------------
 
+#: Longest single wait of ``aget`` in its helper thread, in seconds.
+_WAIT_SLICE = 1.0
+
 
 class AsyncResult:
     """A handle on a task's result: its state, return value or exception.
@@ -227,6 +232,33 @@ class AsyncResult:
             conveyor.exceptions.TimeoutError: the task was not ready in time.
         """
         record = self._cache or self.backend.wait(self.id, timeout)
+        return self._outcome(record, timeout, propagate)
+
+    async def aget(
+        self, timeout: float | None = None, propagate: bool = True, **_ignored: Any
+    ) -> Any:
+        """``get`` for async code: ``await result.aget(timeout=10)`` waits without
+        blocking the event loop.
+
+        The wait runs in a thread of the loop's default executor
+        (``asyncio.to_thread``) until the backends have native asyncio clients, in
+        slices of at most a second, so a cancelled ``aget`` frees its thread soon.
+        Each waiting ``aget`` holds one such thread: the executor's size bounds how
+        many wait at once.
+
+        Args and Raises: as for ``get``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        record = self._cache
+        while record is None or record.state not in states.READY_STATES:
+            left = _WAIT_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
+            record = await asyncio.to_thread(self.backend.wait, self.id, min(left, _WAIT_SLICE))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return self._outcome(record, timeout, propagate)
+
+    def _outcome(self, record: StoredResult | None, timeout: float | None, propagate: bool) -> Any:
+        """The value of a finished task (or its exception, raised or returned)."""
         if record is None or record.state not in states.READY_STATES:
             raise TimeoutError(f"task {self.id} was not ready within {timeout} s")
         self._cache = record

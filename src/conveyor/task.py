@@ -9,6 +9,7 @@ import inspect
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,17 +81,30 @@ def from_timestamp(value: float | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
 
 
+class _ThreadLoop:
+    """A thread's own event loop, closed when the thread ends (``threading.local``
+    drops this holder then) or, for a thread still alive, at interpreter exit."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        weakref.finalize(self, _close_idle, self.loop)
+
+
+def _close_idle(loop: asyncio.AbstractEventLoop) -> None:
+    if not loop.is_running() and not loop.is_closed():
+        loop.close()
+
+
 _loops = threading.local()
 
 
 def run_coroutine(coro: Any) -> Any:
     """Run ``coro`` on this thread's long-lived event loop (one per thread, not one
     per call, so connection pools and caches in async code survive between tasks)."""
-    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _loops.loop = loop
-    return loop.run_until_complete(coro)
+    holder: _ThreadLoop | None = getattr(_loops, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _loops.holder = _ThreadLoop()
+    return holder.loop.run_until_complete(coro)
 
 
 class Task(Generic[P, R]):
@@ -153,12 +167,25 @@ class Task(Generic[P, R]):
         return _current_request.get() or Request()
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the task function in this process, as a plain call."""
-        call_args: tuple[Any, ...] = (self, *args) if self.bind else args
-        value = self.run(*call_args, **kwargs)
+        """Run the task function in this process, as a plain call (an async task runs
+        to the end on this thread's event loop)."""
+        value = self._call_function(args, kwargs)
         if self.is_async:
             value = run_coroutine(value)
         return value  # type: ignore[no-any-return]
+
+    async def acall(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the task function in this process from async code: an async task is
+        awaited on the running loop; a sync one runs in a thread (``asyncio.to_thread``)
+        so that it does not block the loop."""
+        if self.is_async:
+            return await self._call_function(args, kwargs)
+        return await asyncio.to_thread(self._call_function, args, kwargs)
+
+    def _call_function(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # the function's own return value: a coroutine, not yet awaited, for an async task
+        call_args: tuple[Any, ...] = (self, *args) if self.bind else args
+        return self.run(*call_args, **kwargs)
 
     # -- sending -----------------------------------------------------------------
 
@@ -224,6 +251,42 @@ class Task(Generic[P, R]):
             ignore_result=self.ignore_result if ignore_result is None else ignore_result,
             **options,
         )
+
+    # -- sending from async code ----------------------------------------------------
+    #
+    # One rule names the async twin of every blocking call: an ``a`` in front, as in
+    # Django (``aget``, ``asave``) and the stdlib (``anext``, ``aclosing``). A suffix
+    # would collide with Celery's own ``async``: in ``apply_async`` it means "run on a
+    # worker", not "awaitable", so ``apply_async_async`` would say it twice.
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """``delay`` for async code: ``await task.adelay(2, 3)``; see ``aapply_async``."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async`` for async code: sends the task without blocking the event loop.
+
+        The arguments are checked here, before anything else; the publish itself runs
+        in a thread of the loop's default executor (``asyncio.to_thread``) until the
+        brokers have native asyncio clients. Cancelling the await does not unsend: the
+        message may still be published.
+
+        Args:
+            args, kwargs, options: as for ``apply_async``.
+
+        Raises:
+            TypeError: the arguments do not fit the task function.
+            conveyor.exceptions.EncodeError: an argument cannot be sent as JSON.
+        """
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        self.check_arguments(args, kwargs)
+        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
 
     def apply(
         self,

@@ -1,15 +1,18 @@
 """THE pool contract: every pool in ``POOLS`` runs jobs and reports each outcome once.
 
 The jobs are real ``Job``s (a ``Delivery`` of an encoded ``Message``); what a job does is
-chosen by its task name and run by ``perform``, a module-level function handed to the pool.
-Jobs announce that they started through a pipe and wait on an event, both made before the
+chosen by its task name and run by ``Perform``, the ``execute`` handed to the pool. Jobs
+announce that they started through a pipe and wait on a gate, both made before the
 prefork pool forks, so the test steers them in any process without sleeping.
+
+The asyncio pool runs twice: as ``asyncio`` its jobs are coroutines awaited on its loop,
+as ``asyncio-sync`` the same jobs are plain functions, which it runs in its threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import functools
 import multiprocessing
 import os
 import queue
@@ -25,7 +28,7 @@ from conveyor import states
 from conveyor.brokers.base import Delivery
 from conveyor.message import Message, encode
 from conveyor.worker.job import LOST, Job, Outcome
-from conveyor.worker.pools import POOLS, Pool, PreforkPool, SoloPool
+from conveyor.worker.pools import POOLS, AsyncExecute, AsyncioPool, Pool, PreforkPool, SoloPool
 
 _fork = multiprocessing.get_context("fork")
 
@@ -51,6 +54,13 @@ class Lab:
         with contextlib.suppress(OSError):
             self._gate_reader.poll(timeout)
 
+    async def released(self, timeout: float = 5.0) -> None:
+        """``wait_for_release`` for a coroutine: looks at the gate without blocking the loop."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(OSError):
+            while not self._gate_reader.poll(0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+
     def announce(self, job: Job) -> None:
         # OSError: a pool thread may start a job after a failed test closed the lab
         with self._lock, contextlib.suppress(OSError):
@@ -74,25 +84,53 @@ class Lab:
             end.close()
 
 
-def perform(lab: Lab, job: Job) -> Outcome:
-    """Run a test job: the task name says what it does, the args how."""
-    lab.announce(job)
-    kind, args = job.message.task, job.message.args
-    if kind == "block":
-        lab.wait_for_release()
-    elif kind == "sleep":
-        time.sleep(args[0])
-    elif kind == "fail":
-        return Outcome(states.FAILURE, job.message.id.encode(), 0.0, "ValueError: planned")
-    elif kind == "exit":
-        os._exit(args[0])
-    elif kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return Outcome(states.SUCCESS, job.message.id.encode(), 0.0, f"pid {os.getpid()}")
+class Perform:
+    """The pool's ``execute``: runs a test job, as its task name says, with its args.
+
+    With ``coroutines`` it is an ``AsyncExecute`` too: the asyncio pool awaits each job
+    on its loop (``asyncio.sleep``, a gate watched without blocking), except the ones
+    made with ``sync=True``, which it calls in a thread as it would a sync task.
+    """
+
+    def __init__(self, lab: Lab, coroutines: bool = False):
+        self.lab = lab
+        self.coroutines = coroutines
+
+    def __call__(self, job: Job) -> Outcome:
+        self.lab.announce(job)
+        kind, args = job.message.task, job.message.args
+        if kind == "block":
+            self.lab.wait_for_release()
+        elif kind == "sleep":
+            time.sleep(args[0])
+        return self._end(job)
+
+    def is_async(self, job: Job) -> bool:
+        return self.coroutines and not job.message.kwargs.get("sync", False)
+
+    async def execute_async(self, job: Job) -> Outcome:
+        self.lab.announce(job)
+        kind, args = job.message.task, job.message.args
+        if kind == "block":
+            await self.lab.released()
+        elif kind == "sleep":
+            await asyncio.sleep(args[0])
+        return self._end(job)
+
+    @staticmethod
+    def _end(job: Job) -> Outcome:
+        kind, args = job.message.task, job.message.args
+        if kind == "fail":
+            return Outcome(states.FAILURE, job.message.id.encode(), 0.0, "ValueError: planned")
+        if kind == "exit":
+            os._exit(args[0])
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return Outcome(states.SUCCESS, job.message.id.encode(), 0.0, f"pid {os.getpid()}")
 
 
-def make_job(job_id: str, kind: str = "ok", *args: Any) -> Job:
-    message = Message(id=job_id, task=kind, args=list(args))
+def make_job(job_id: str, kind: str = "ok", *args: Any, sync: bool = False) -> Job:
+    message = Message(id=job_id, task=kind, args=list(args), kwargs={"sync": True} if sync else {})
     delivery = Delivery(job_id, "celery", encode(message), 0, f"token-{job_id}", 1)
     return Job(delivery, message)
 
@@ -153,7 +191,15 @@ class Harness:
 
 
 MakePool = Callable[[int], Harness]
-CONCURRENT = ["threads", "prefork"]
+#: Every pool under test, by the name its tests show (see the module docstring).
+POOL_IDS = [*sorted(POOLS), "asyncio-sync"]
+CONCURRENT = ["threads", "prefork", "asyncio", "asyncio-sync"]
+
+
+def build_pool(pool_id: str, lab: Lab, concurrency: int, on_done: Done) -> Pool:
+    """The pool ``pool_id`` names, running jobs with a ``Perform`` for its flavour."""
+    name, _, flavour = pool_id.partition("-")
+    return POOLS[name](Perform(lab, coroutines=flavour != "sync"), concurrency, on_done)
 
 
 @pytest.fixture
@@ -163,7 +209,7 @@ def lab() -> Iterator[Lab]:
     lab.close()
 
 
-@pytest.fixture(params=sorted(POOLS))
+@pytest.fixture(params=POOL_IDS)
 def pool_name(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name
@@ -175,7 +221,7 @@ def make_pool(pool_name: str, lab: Lab) -> Iterator[MakePool]:
 
     def make(concurrency: int) -> Harness:
         done = Done()
-        pool = POOLS[pool_name](functools.partial(perform, lab), concurrency, done)
+        pool = build_pool(pool_name, lab, concurrency, done)
         pool.start()
         harnesses.append(Harness(pool, done))
         return harnesses[-1]
@@ -250,7 +296,7 @@ def test_waiting_jobs_start_in_the_order_they_were_submitted(make_pool: MakePool
 @pytest.mark.parametrize("pool_name", CONCURRENT)
 def test_concurrency_below_one_is_refused(pool_name: str, lab: Lab) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        POOLS[pool_name](functools.partial(perform, lab), 0, Done())
+        build_pool(pool_name, lab, 0, Done())
 
 
 @pytest.mark.parametrize("pool_name", ["solo"])
@@ -402,3 +448,93 @@ def test_stop_kills_a_running_child_and_reports_nothing(
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert harness.done.ids() == []
+
+
+# --- asyncio: coroutines on one loop, sync jobs in threads ---------------------------------------
+
+
+@pytest.mark.parametrize("pool_name", ["asyncio"])
+def test_a_hundred_coroutine_jobs_run_at_once_without_a_thread_each(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given an asyncio pool of a hundred slots
+    threads_before = threading.active_count()
+    harness = make_pool(100)
+
+    # When a hundred coroutine jobs of 0.3 s are submitted together
+    started = time.monotonic()
+    harness.submit(*(make_job(f"c{i}", "sleep", 0.3) for i in range(100)))
+    lab.started(100)
+    threads_while_running = threading.active_count()
+    calls = harness.done.wait(100)
+
+    # Then they all ran at once, in far less than the 30 s they take one after the other
+    assert time.monotonic() - started < 1.5
+    assert {outcome.state for _, outcome in calls} == {states.SUCCESS}
+    # And on the pool's one loop thread: no thread was started per job
+    assert threads_while_running <= threads_before + 1
+
+
+@pytest.mark.parametrize("pool_name", ["asyncio"])
+def test_a_sync_job_runs_in_a_thread_and_does_not_stall_the_coroutines(
+    pool_name: str, make_pool: MakePool
+) -> None:
+    # Given an asyncio pool of three slots, running a sync job that sleeps for 1 s
+    harness = make_pool(3)
+    started = time.monotonic()
+    harness.submit(make_job("sync-sleeper", "sleep", 1.0, sync=True))
+
+    # When two coroutine jobs of 0.2 s are submitted beside it
+    harness.submit(make_job("c1", "sleep", 0.2), make_job("c2", "sleep", 0.2))
+
+    # Then both are done long before the sync job
+    first_two = harness.done.wait(2)
+    assert time.monotonic() - started < 0.8
+    assert sorted(job.message.id for job, _ in first_two[:2]) == ["c1", "c2"]
+    # And the sync job still finishes, reported once
+    assert [job.message.id for job, _ in harness.done.wait(3)][2:] == ["sync-sleeper"]
+
+
+@pytest.mark.parametrize("pool_name", ["asyncio"])
+def test_stop_cancels_running_coroutines_and_reports_nothing(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given an asyncio pool running a coroutine job that would wait for seconds
+    harness = make_pool(1)
+    harness.submit(make_job("endless", "block"))
+    lab.started(1)
+
+    # When the pool is stopped
+    started = time.monotonic()
+    harness.pool.stop()
+
+    # Then it returns at once, its loop thread is gone, and the job is not reported
+    assert time.monotonic() - started < 1.0
+    assert "conveyor-asyncio" not in [t.name for t in threading.enumerate()]
+    assert harness.done.ids() == []
+
+
+def test_given_a_plain_execute_the_asyncio_pool_runs_every_job_in_its_threads(lab: Lab) -> None:
+    # Given an asyncio pool handed a plain function, which it cannot await
+    perform = Perform(lab, coroutines=True)
+    threads: list[str] = []
+
+    def execute(job: Job) -> Outcome:
+        threads.append(threading.current_thread().name)
+        return perform(job)
+
+    assert not isinstance(execute, AsyncExecute)
+    done = Done()
+    pool = AsyncioPool(execute, 2, done)
+    pool.start()
+    try:
+        # When jobs are submitted
+        pool.submit(make_job("p1"))
+        pool.submit(make_job("p2"))
+
+        # Then they run, each in one of the pool's threads, and are reported
+        assert sorted(job.message.id for job, _ in done.wait(2)) == ["p1", "p2"]
+        assert threads
+        assert all(name.startswith("conveyor-asyncio-sync") for name in threads)
+    finally:
+        pool.stop()

@@ -12,7 +12,7 @@ from conveyor import __version__
 from conveyor.cli import _AppRef, cli
 from conveyor.worker import Worker, WorkerOptions, default_hostname
 from conveyor.worker.banner import banner
-from conveyor.worker.logs import LEVELS, setup_logging
+from conveyor.worker.logs import FORMATS, LEVELS, as_record_line, setup_logging
 from conveyor.worker.pools import POOLS
 
 logger = logging.getLogger("conveyor.worker")
@@ -20,7 +20,13 @@ logger = logging.getLogger("conveyor.worker")
 
 @cli.command()
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once [CPUs].")
-@click.option("-P", "--pool", type=click.Choice(sorted(POOLS)), help="How tasks run [prefork].")
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(sorted(POOLS)),
+    help="How tasks run: prefork (processes), threads, solo (in the worker's thread), "
+    "asyncio (async def tasks on one event loop, sync ones in threads) [prefork].",
+)
 @click.option("-Q", "--queues", help="Comma-separated queues to consume [task_default_queue].")
 @click.option(
     "--prefetch-multiplier",
@@ -28,6 +34,16 @@ logger = logging.getLogger("conveyor.worker")
     help="Messages held per concurrency slot [worker_prefetch_multiplier=1].",
 )
 @click.option("-l", "--loglevel", type=click.Choice(LEVELS, case_sensitive=False), default="info")
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    help="Log lines as text or as JSON objects [worker_log_format=text].",
+)
+@click.option(
+    "--heartbeat-file",
+    type=click.Path(dir_okay=False),
+    help="Keep a liveness file here for `conveyor worker-health` [worker_heartbeat_file].",
+)
 @click.option("-n", "--hostname", help="Worker name; %h expands to the host name.")
 @click.option("--shutdown-timeout", type=float, help="Seconds running tasks get on SIGTERM [25].")
 @click.pass_obj
@@ -38,14 +54,19 @@ def worker(
     queues: str | None,
     prefetch_multiplier: int | None,
     loglevel: str,
+    log_format: str | None,
+    heartbeat_file: str | None,
     hostname: str | None,
     shutdown_timeout: float | None,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM or Ctrl-C."""
-    setup_logging(loglevel)
+    setup_logging(loglevel, log_format or "text")  # before the app: its import may log
     app = ref.load()
     app.import_modules()
     conf = app.conf
+    log_format = log_format or conf.worker_log_format
+    if log_format != "text":
+        setup_logging(loglevel, log_format)
     host = default_hostname()
     if hostname:
         host = hostname.replace("%h", host.split("@", 1)[-1])
@@ -58,12 +79,14 @@ def worker(
         shutdown_timeout=(
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         ),
+        heartbeat_file=heartbeat_file or conf.worker_heartbeat_file,
     )
     if options.pool == "solo":
         options.concurrency = 1
     for name, reason in conf.ignored_settings():
         logger.warning("setting %s has no effect in conveyor: %s", name, reason)
     runner = Worker(app, options)
-    click.echo(banner(app, options, runner.hostname, __version__), err=True)
+    text = banner(app, options, runner.hostname, __version__)
+    click.echo(as_record_line(text, log_format), err=True)
     code = runner.run()
     sys.exit(code)

@@ -32,7 +32,9 @@ def banner(app: Conveyor, options: WorkerOptions, hostname: str, version: str) -
         f"(holds at most {held} unacknowledged message{'s' if held != 1 else ''})",
         f"  queues:   {', '.join(options.queues)}",
         f"  acks:     {'late (after the task finishes)' if app.conf.task_acks_late else 'early'}",
-        "  tasks:",
     ]
+    if options.heartbeat_file:
+        lines.append(f"  liveness: {options.heartbeat_file} (read by conveyor worker-health)")
+    lines.append("  tasks:")
     lines += [f"    . {name}" for name in sorted(app.tasks)] or ["    (none registered)"]
     return "\n".join(lines)

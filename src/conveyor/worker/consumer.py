@@ -2,7 +2,7 @@
 
 Threads of a worker process and what each owns::
 
-    main        signals, supervision, the shutdown sequence
+    main        signals, supervision (watchdog, heartbeat file), the shutdown sequence
     fetcher     broker.fetch for free capacity, decode, policy checks, pool.submit
     settler     outcomes -> ack (fenced) -> store results, in batches
     heartbeat   lease renewal for everything held; reclaim of dead consumers' leases
@@ -40,7 +40,9 @@ from conveyor.exceptions import (
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
 from conveyor.worker.heartbeat import Heartbeat
-from conveyor.worker.job import LOST, Job, Outcome, execute
+from conveyor.worker.job import LOST, Job, JobRunner, Outcome
+from conveyor.worker.liveness import HeartbeatFile
+from conveyor.worker.logs import task_extra
 from conveyor.worker.pools import POOLS, Pool
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class WorkerOptions:
     #: Seconds without a successful fetch (while there is room) before the fetch
     #: loop is restarted.
     watchdog_timeout: float = 60.0
+    #: Where to keep the heartbeat file for ``conveyor worker-health`` (None: nowhere).
+    heartbeat_file: str | None = None
 
 
 def default_hostname() -> str:
@@ -84,7 +88,9 @@ class Worker:
         self.broker = app.broker
         self.backend = app.backend
         pool_cls = POOLS[options.pool]
-        self.pool: Pool = pool_cls(self._execute, options.concurrency, self._on_done)
+        self.pool: Pool = pool_cls(
+            JobRunner(app, self.hostname), options.concurrency, self._on_done
+        )
         self._cond = threading.Condition()
         self._held: dict[str, Job] = {}  # token -> job, everything not yet settled
         self._outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -97,12 +103,11 @@ class Worker:
         # The fetch loop stamps this whenever it is healthy (fetched, or full and
         # waiting for a slot); the watchdog restarts a loop that stops stamping.
         self.fetch_alive = time.monotonic()
+        self._fetch_started = self.fetch_alive
         self._fetch_generation = 0
+        self.liveness = HeartbeatFile(options.heartbeat_file) if options.heartbeat_file else None
 
     # -- running -------------------------------------------------------------------
-
-    def _execute(self, job: Job) -> Outcome:
-        return execute(self.app, job, self.hostname)
 
     def start(self) -> None:
         """Start the pool and the worker threads (the pool first: prefork forks)."""
@@ -119,13 +124,15 @@ class Worker:
     def _start_fetcher(self) -> threading.Thread:
         self._fetch_generation += 1
         generation = self._fetch_generation
-        self.fetch_alive = time.monotonic()
+        # Not a stamp of fetch_alive: a restarted loop is alive only once it fetches.
+        self._fetch_started = time.monotonic()
         return self._spawn(lambda: self._fetch_loop(generation), "conveyor-fetcher")
 
     def _watch_fetcher(self) -> None:
-        stalled = time.monotonic() - self.fetch_alive
-        if stalled > self.options.watchdog_timeout:
+        now = time.monotonic()
+        if now - max(self.fetch_alive, self._fetch_started) > self.options.watchdog_timeout:
             # The stuck loop exits on its own if it ever returns (its generation is old).
+            stalled = now - self.fetch_alive
             logger.critical("no fetch has succeeded for %.0f s: restarting the fetch loop", stalled)
             self._threads[0] = self._start_fetcher()
 
@@ -142,6 +149,8 @@ class Worker:
                 self.exit_code = 1
                 break
             self._watch_fetcher()
+            if self.liveness is not None:
+                self.liveness.update(time.monotonic() - self.fetch_alive)
         self.shutdown()
         return self.exit_code
 
@@ -184,6 +193,8 @@ class Worker:
         self._threads[1].join(5)
         self.heartbeat.stop()
         self.pool.stop()
+        if self.liveness is not None:
+            self.liveness.remove()
         logger.info("worker %s stopped", self.hostname)
 
     def _give_back(self, jobs: list[Job], why: str) -> None:
@@ -267,7 +278,8 @@ class Worker:
             self.broker.ack([delivery])
         with self._cond:
             self._held[delivery.token] = job
-        logger.debug("received %s", job.label)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s received", job.label, extra=task_extra(msg.task, msg.id))
         self.pool.submit(job)
 
     def _reject(self, delivery: Delivery, task_id: str | None, name: str, exc: Exception) -> None:
@@ -360,9 +372,17 @@ class Worker:
                 continue
             level = logging.INFO if outcome.state == states.SUCCESS else logging.ERROR
             verb = "succeeded" if outcome.state == states.SUCCESS else "failed"
-            logger.log(
-                level, "%s %s in %.4fs: %s", job.label, verb, outcome.runtime, outcome.summary
-            )
+            if logger.isEnabledFor(level):
+                extra = task_extra(job.message.task, job.message.id, runtime=outcome.runtime)
+                logger.log(
+                    level,
+                    "%s %s in %.4fs: %s",
+                    job.label,
+                    verb,
+                    outcome.runtime,
+                    outcome.summary,
+                    extra=extra,
+                )
             if outcome.payload is not None and job.store_result:
                 writes.append(ResultWrite(job.message.id, outcome.state, outcome.payload, expires))
         if writes:

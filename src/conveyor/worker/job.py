@@ -1,12 +1,14 @@
-"""A job (one delivery to run) and its outcome, and the function that runs a job.
+"""A job (one delivery to run) and its outcome, and the functions that run a job.
 
 ``execute`` runs wherever the pool runs tasks: a prefork child, a pool thread,
-or the consumer thread itself (solo). It never touches the broker: settling a
+or the consumer thread itself (solo); ``execute_async`` is the same run awaited
+on an event loop (the asyncio pool). Neither touches the broker: settling a
 delivery is the consumer's job, in the parent, fenced by the delivery token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -19,7 +21,7 @@ from conveyor.brokers.base import Delivery
 from conveyor.exceptions import EncodeError
 from conveyor.message import Message
 from conveyor.result import encode_failure, encode_state, encode_success
-from conveyor.task import Request, from_timestamp, request_context
+from conveyor.task import Request, Task, from_timestamp, request_context
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -57,59 +59,128 @@ class Outcome:
 
 
 def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
-    """Run the job's task and encode what happened; never raises for task errors."""
-    msg = job.message
-    task = app.get_task(msg.task)
-    request = Request(
-        id=msg.id,
-        task=msg.task,
-        args=msg.args,
-        kwargs=msg.kwargs,
-        retries=msg.retries,
-        delivery_count=job.delivery.deliveries,
-        queue=msg.queue,
-        priority=msg.priority,
-        hostname=hostname,
-        eta=from_timestamp(msg.eta),
-        expires=from_timestamp(msg.expires),
-        parent_id=msg.parent_id,
-        root_id=msg.root_id,
-        headers=msg.headers,
-        ignore_result=not job.store_result,
-    )
-    if job.track_started and job.store_result:
-        app.backend.store(
-            ResultWrite(
-                msg.id,
-                states.STARTED,
-                encode_state(msg.task, states.STARTED, worker=hostname),
-                app.conf.result_expires,
-            )
-        )
-    started = time.perf_counter()
-    with request_context(request):
+    """Run the job's task and encode what happened; never raises for task errors.
+
+    An async task runs on this thread's own event loop (see ``Task.__call__``).
+    """
+    run = _Run.begin(app, job, hostname)
+    with request_context(run.request):
         try:
-            value: Any = task(*msg.args, **msg.kwargs)
+            value: Any = run.task(*job.message.args, **job.message.kwargs)
         except Exception as exc:
-            runtime = time.perf_counter() - started
-            text = "".join(traceback.format_exception(exc))
-            payload = encode_failure(
-                msg.task, exc, traceback=text, worker=hostname, retries=msg.retries
-            )
-            return Outcome(states.FAILURE, payload, runtime, f"{type(exc).__name__}: {exc}")
-    runtime = time.perf_counter() - started
-    if not job.store_result:
-        return Outcome(states.SUCCESS, None, runtime, _short(value))
-    try:
-        payload = encode_success(msg.task, value, worker=hostname, retries=msg.retries)
-    except EncodeError as exc:
-        return Outcome(
-            states.FAILURE,
-            encode_failure(msg.task, exc, worker=hostname),
-            runtime,
-            str(exc),
+            return run.failed(exc)
+    return run.succeeded(value)
+
+
+async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
+    """``execute``, awaiting the task on the running event loop instead of blocking
+    this thread (for the asyncio pool, which runs many such jobs on one loop)."""
+    run = _Run.begin(app, job, hostname)
+    with request_context(run.request):
+        try:
+            value: Any = await run.task.acall(*job.message.args, **job.message.kwargs)
+        except Exception as exc:
+            return run.failed(exc)
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this job is being cancelled (the pool is stopping)
+            return run.failed(exc)  # something the task awaited was cancelled
+    return run.succeeded(value)
+
+
+class JobRunner:
+    """What a worker hands its pool as ``execute``: runs jobs of ``app`` as ``hostname``.
+
+    Calling it runs any job to the end in the calling thread; a pool with an event
+    loop asks ``is_async`` and awaits ``execute_async`` for coroutine tasks instead.
+    """
+
+    def __init__(self, app: Conveyor, hostname: str):
+        self.app = app
+        self.hostname = hostname
+
+    def __call__(self, job: Job) -> Outcome:
+        return execute(self.app, job, self.hostname)
+
+    def is_async(self, job: Job) -> bool:
+        """True if the job's task is a coroutine function."""
+        return self.app.get_task(job.message.task).is_async
+
+    async def execute_async(self, job: Job) -> Outcome:
+        return await execute_async(self.app, job, self.hostname)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One run of a job's task: the part of ``execute`` before and after the call."""
+
+    job: Job
+    task: Task[..., Any]
+    request: Request
+    hostname: str
+    started: float = 0.0
+
+    @classmethod
+    def begin(cls, app: Conveyor, job: Job, hostname: str) -> _Run:
+        """Build the task's request, record STARTED if the task tracks it, start the clock."""
+        msg = job.message
+        request = Request(
+            id=msg.id,
+            task=msg.task,
+            args=msg.args,
+            kwargs=msg.kwargs,
+            retries=msg.retries,
+            delivery_count=job.delivery.deliveries,
+            queue=msg.queue,
+            priority=msg.priority,
+            hostname=hostname,
+            eta=from_timestamp(msg.eta),
+            expires=from_timestamp(msg.expires),
+            parent_id=msg.parent_id,
+            root_id=msg.root_id,
+            headers=msg.headers,
+            ignore_result=not job.store_result,
         )
-    return Outcome(states.SUCCESS, payload, runtime, _short(value))
+        run = cls(job, app.get_task(msg.task), request, hostname)
+        if job.track_started and job.store_result:
+            app.backend.store(
+                ResultWrite(
+                    msg.id,
+                    states.STARTED,
+                    encode_state(msg.task, states.STARTED, worker=hostname),
+                    app.conf.result_expires,
+                )
+            )
+        run.started = time.perf_counter()
+        return run
+
+    def failed(self, exc: BaseException) -> Outcome:
+        """The outcome of a task that raised ``exc``."""
+        runtime = time.perf_counter() - self.started
+        msg = self.job.message
+        text = "".join(traceback.format_exception(exc))
+        payload = encode_failure(
+            msg.task, exc, traceback=text, worker=self.hostname, retries=msg.retries
+        )
+        return Outcome(states.FAILURE, payload, runtime, f"{type(exc).__name__}: {exc}")
+
+    def succeeded(self, value: Any) -> Outcome:
+        """The outcome of a task that returned ``value`` (FAILURE if it is not JSON)."""
+        runtime = time.perf_counter() - self.started
+        msg = self.job.message
+        if not self.job.store_result:
+            return Outcome(states.SUCCESS, None, runtime, _short(value))
+        try:
+            payload = encode_success(msg.task, value, worker=self.hostname, retries=msg.retries)
+        except EncodeError as exc:
+            return Outcome(
+                states.FAILURE,
+                encode_failure(msg.task, exc, worker=self.hostname),
+                runtime,
+                str(exc),
+            )
+        return Outcome(states.SUCCESS, payload, runtime, _short(value))
 
 
 def _short(value: Any, limit: int = 120) -> str:

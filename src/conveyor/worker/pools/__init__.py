@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conveyor.worker.pools.asyncio import AsyncExecute, AsyncioPool
 from conveyor.worker.pools.base import Execute, OnDone, Pool
 from conveyor.worker.pools.prefork import PreforkPool
 from conveyor.worker.pools.solo import SoloPool
@@ -11,6 +12,17 @@ POOLS: dict[str, type[Pool]] = {
     "solo": SoloPool,
     "threads": ThreadPool,
     "prefork": PreforkPool,
+    "asyncio": AsyncioPool,
 }
 
-__all__ = ["POOLS", "Execute", "OnDone", "Pool", "PreforkPool", "SoloPool", "ThreadPool"]
+__all__ = [
+    "POOLS",
+    "AsyncExecute",
+    "AsyncioPool",
+    "Execute",
+    "OnDone",
+    "Pool",
+    "PreforkPool",
+    "SoloPool",
+    "ThreadPool",
+]
