@@ -285,20 +285,28 @@ _TABLE = (
             "Seconds (or a timedelta) each stored result is kept.",
             "Celery accepts None (keep forever); conveyor refuses it: every result expires."),
     Setting("task_time_limit", None, _seconds(optional=True), None,
-            "Seconds after which a running task is ended."),
+            "Seconds after which a running task is ended and recorded as a FAILURE with "
+            "`TimeLimitExceeded` (acknowledged, not delivered again). Per task: `time_limit=`.",
+            "Enforced on every pool (Celery: prefork only); how, per pool: docs/worker.md."),
     Setting("task_soft_time_limit", None, _seconds(optional=True), None,
-            "Seconds after which `SoftTimeLimitExceeded` is raised inside a running task."),
+            "Seconds after which `SoftTimeLimitExceeded` is raised inside a running task. Per "
+            "task: `soft_time_limit=`.",
+            "Enforced on every pool (Celery: prefork only); asyncio tasks are cancelled."),
     Setting("task_default_rate_limit", None, _rate_limit, None,
             "Rate limit of tasks that set none, e.g. `'10/s'`, `'100/m'`."),
     Setting("worker_max_tasks_per_child", None, _int(1, optional=True), None,
-            "Tasks a prefork child runs before it is replaced."),
+            "Tasks a prefork child runs before it is replaced (after its last task, which "
+            "finishes normally)."),
     Setting("worker_max_memory_per_child", None, _int(1, optional=True), None,
-            "KiB of resident memory above which a prefork child is replaced after its task."),
+            "KiB of resident memory above which a prefork child is replaced after its task. A "
+            "child already above it before its first task keeps running (and says so in the "
+            "log) instead of being replaced again and again."),
     Setting("worker_concurrency", None, _int(1, optional=True), None,
             "Tasks a worker runs at once. None: the number of CPUs."),
-    Setting("worker_pool", "prefork", _choice("solo", "threads", "prefork"), "prefork",
-            "How a worker runs tasks: `prefork` (processes), `threads`, or `solo` (inline).",
-            "`eventlet`, `gevent` and custom pool classes are not offered."),
+    Setting("worker_pool", "prefork", _choice("solo", "threads", "prefork", "asyncio"), "prefork",
+            "How a worker runs tasks: `prefork` (processes), `threads`, `asyncio` (`async def` "
+            "tasks on one event loop), or `solo` (inline).",
+            "`eventlet`, `gevent` and custom pool classes are not offered; `asyncio` is new."),
     Setting("worker_prefetch_multiplier", 1, _int(1), 4,
             "A worker holds at most concurrency x this many unacknowledged messages.",
             "Celery's 4 lets one busy worker hoard messages while others idle; 0 (unlimited) "
@@ -307,6 +315,10 @@ _TABLE = (
             "On SIGTERM, seconds running tasks may take to finish before they are returned to "
             "the queue (under Kubernetes' 30 s grace period).",
             "Celery's warm shutdown waits for running tasks without a limit."),
+    Setting("worker_autoscale_keepalive", 30.0, _seconds(zero_ok=True), CONVEYOR_ONLY,
+            "With `worker --autoscale MAX,MIN`: seconds demand must stay below the pool's size "
+            "before the pool shrinks (it grows at once).",
+            "Celery's autoscaler has the same 30 s, as a class attribute, not a setting."),
     Setting("worker_heartbeat_file", None, _path, CONVEYOR_ONLY,
             "A file the worker rewrites every second with its pid and the time its fetch loop "
             "last made progress, and removes when it stops; `conveyor worker-health --file PATH` "

@@ -7,6 +7,10 @@ prefork pool forks, so the test steers them in any process without sleeping.
 
 The asyncio pool runs twice: as ``asyncio`` its jobs are coroutines awaited on its loop,
 as ``asyncio-sync`` the same jobs are plain functions, which it runs in its threads.
+
+Time limits and recycling: ``Perform`` runs a job's work inside ``limits.interruptible(job)``
+and turns a limit's exception into a FAILURE, as the worker's ``execute`` does; its
+coroutines honour the soft limit with ``asyncio.timeout``, as ``execute_async`` does.
 """
 
 from __future__ import annotations
@@ -16,21 +20,27 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import pytest
 
 from conveyor import states
 from conveyor.brokers.base import Delivery
+from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.message import Message, encode
-from conveyor.worker.job import LOST, Job, Outcome
+from conveyor.worker.job import LOST, TIMED_OUT, Job, Outcome
+from conveyor.worker.limits import HARD_GRACE, PoolLimits, interruptible, rss_kib
 from conveyor.worker.pools import POOLS, AsyncExecute, AsyncioPool, Pool, PreforkPool, SoloPool
 
 _fork = multiprocessing.get_context("fork")
+
+#: What "hog" jobs keep, so that their process stays big (only ever a prefork child).
+_HOARD: list[bytes] = []
 
 
 class Lab:
@@ -53,6 +63,13 @@ class Lab:
     def wait_for_release(self, timeout: float = 5.0) -> None:
         with contextlib.suppress(OSError):
             self._gate_reader.poll(timeout)
+
+    def nap(self, seconds: float) -> None:
+        """Block in one C call (``select``) for ``seconds``: an exception raised into the
+        thread (``limits.interrupt``) lands only when it returns. ``release`` ends it early,
+        so that a thread abandoned by a test does not outlive the test."""
+        with contextlib.suppress(OSError, ValueError):
+            select.select([self._gate_reader], [], [], seconds)
 
     async def released(self, timeout: float = 5.0) -> None:
         """``wait_for_release`` for a coroutine: looks at the gate without blocking the loop."""
@@ -90,19 +107,41 @@ class Perform:
     With ``coroutines`` it is an ``AsyncExecute`` too: the asyncio pool awaits each job
     on its loop (``asyncio.sleep``, a gate watched without blocking), except the ones
     made with ``sync=True``, which it calls in a thread as it would a sync task.
+
+    Kinds that take time: "block" (until the lab's gate opens), "sleep" (seconds),
+    "spin" (seconds, in steps of 10 ms: a time limit's exception lands between them),
+    "nap" (seconds, in one blocking call: a coroutine sleeps instead) and "hog"
+    (keeps that many MiB). A time limit reached in a job makes it a FAILURE whose
+    summary names the limit's exception, as in the worker's ``execute``.
     """
 
     def __init__(self, lab: Lab, coroutines: bool = False):
         self.lab = lab
         self.coroutines = coroutines
+        #: The thread each job ran in, by job id (for the jobs run in this process).
+        self.threads: dict[str, threading.Thread] = {}
 
     def __call__(self, job: Job) -> Outcome:
         self.lab.announce(job)
+        self.threads[job.message.id] = threading.current_thread()
         kind, args = job.message.task, job.message.args
-        if kind == "block":
-            self.lab.wait_for_release()
-        elif kind == "sleep":
-            time.sleep(args[0])
+        try:
+            # as in execute: time limits raise their exceptions only inside this block
+            with interruptible(job):
+                if kind == "block":
+                    self.lab.wait_for_release()
+                elif kind == "sleep":
+                    time.sleep(args[0])
+                elif kind == "spin":
+                    deadline = time.monotonic() + args[0]
+                    while time.monotonic() < deadline:
+                        time.sleep(0.01)
+                elif kind == "nap":
+                    self.lab.nap(args[0])
+                elif kind == "hog":
+                    _HOARD.append(b"\x01" * (args[0] << 20))  # written, so resident
+        except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
+            return _limit_reached(job, exc)
         return self._end(job)
 
     def is_async(self, job: Job) -> bool:
@@ -111,10 +150,22 @@ class Perform:
     async def execute_async(self, job: Job) -> Outcome:
         self.lab.announce(job)
         kind, args = job.message.task, job.message.args
-        if kind == "block":
-            await self.lab.released()
-        elif kind == "sleep":
-            await asyncio.sleep(args[0])
+        # as in execute_async: the soft limit cancels the coroutine's work
+        soft = asyncio.timeout(job.soft_time_limit)
+        try:
+            async with soft:
+                if kind == "block":
+                    await self.lab.released()
+                elif kind in ("sleep", "nap"):
+                    await asyncio.sleep(args[0])
+                elif kind == "spin":
+                    deadline = time.monotonic() + args[0]
+                    while time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+        except TimeoutError:
+            if not soft.expired():
+                raise
+            return _limit_reached(job, SoftTimeLimitExceeded("soft time limit exceeded"))
         return self._end(job)
 
     @staticmethod
@@ -126,13 +177,27 @@ class Perform:
             os._exit(args[0])
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "rss":
+            return Outcome(states.SUCCESS, job.message.id.encode(), 0.0, str(rss_kib()))
         return Outcome(states.SUCCESS, job.message.id.encode(), 0.0, f"pid {os.getpid()}")
 
 
-def make_job(job_id: str, kind: str = "ok", *args: Any, sync: bool = False) -> Job:
+def _limit_reached(job: Job, exc: BaseException) -> Outcome:
+    summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return Outcome(states.FAILURE, job.message.id.encode(), 0.0, summary)
+
+
+def make_job(
+    job_id: str,
+    kind: str = "ok",
+    *args: Any,
+    sync: bool = False,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
+) -> Job:
     message = Message(id=job_id, task=kind, args=list(args), kwargs={"sync": True} if sync else {})
     delivery = Delivery(job_id, "celery", encode(message), 0, f"token-{job_id}", 1)
-    return Job(delivery, message)
+    return Job(delivery, message, soft_time_limit=soft_time_limit, time_limit=time_limit)
 
 
 class Done:
@@ -190,16 +255,27 @@ class Harness:
         self.pool.stop()
 
 
-MakePool = Callable[[int], Harness]
+class MakePool(Protocol):
+    def __call__(self, concurrency: int, limits: PoolLimits | None = None) -> Harness: ...
+
+
 #: Every pool under test, by the name its tests show (see the module docstring).
 POOL_IDS = [*sorted(POOLS), "asyncio-sync"]
 CONCURRENT = ["threads", "prefork", "asyncio", "asyncio-sync"]
 
 
-def build_pool(pool_id: str, lab: Lab, concurrency: int, on_done: Done) -> Pool:
+def build_pool(
+    pool_id: str, lab: Lab, concurrency: int, on_done: Done, limits: PoolLimits | None = None
+) -> Pool:
     """The pool ``pool_id`` names, running jobs with a ``Perform`` for its flavour."""
     name, _, flavour = pool_id.partition("-")
-    return POOLS[name](Perform(lab, coroutines=flavour != "sync"), concurrency, on_done)
+    return POOLS[name](Perform(lab, coroutines=flavour != "sync"), concurrency, on_done, limits)
+
+
+def perform_of(harness: Harness) -> Perform:
+    perform = harness.pool.execute
+    assert isinstance(perform, Perform)
+    return perform
 
 
 @pytest.fixture
@@ -219,9 +295,9 @@ def pool_name(request: pytest.FixtureRequest) -> str:
 def make_pool(pool_name: str, lab: Lab) -> Iterator[MakePool]:
     harnesses: list[Harness] = []
 
-    def make(concurrency: int) -> Harness:
+    def make(concurrency: int, limits: PoolLimits | None = None) -> Harness:
         done = Done()
-        pool = build_pool(pool_name, lab, concurrency, done)
+        pool = build_pool(pool_name, lab, concurrency, done, limits)
         pool.start()
         harnesses.append(Harness(pool, done))
         return harnesses[-1]
@@ -538,3 +614,272 @@ def test_given_a_plain_execute_the_asyncio_pool_runs_every_job_in_its_threads(la
         assert all(name.startswith("conveyor-asyncio-sync") for name in threads)
     finally:
         pool.stop()
+
+
+# --- time limits ---------------------------------------------------------------------------------
+
+
+def _limit_watchers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "conveyor-time-limits"}
+
+
+def test_a_job_past_its_soft_time_limit_fails_with_soft_time_limit_exceeded(
+    make_pool: MakePool, lab: Lab
+) -> None:
+    # Given a pool of one slot
+    harness = make_pool(1)
+
+    # When a job that would loop for 5 s in short steps has a soft time limit of 0.3 s
+    started = time.monotonic()
+    harness.submit(make_job("looper", "spin", 5.0, soft_time_limit=0.3))
+    [(_, looper_pid)] = lab.started(1)
+
+    # Then it fails naming SoftTimeLimitExceeded, at the limit, long before its 5 s are up
+    [(job, outcome)] = harness.done.wait(1, timeout=3.0)
+    elapsed = time.monotonic() - started
+    assert job.message.id == "looper"
+    assert outcome.state == states.FAILURE
+    assert outcome.summary.startswith("SoftTimeLimitExceeded")
+    assert 0.3 <= elapsed < 2.0
+
+    # And the same slot (the same process) then runs the next job to success
+    harness.submit(make_job("next"))
+    assert lab.started(1) == [("next", looper_pid)]
+    assert harness.done.wait(2)[1][1].state == states.SUCCESS
+
+
+def test_jobs_without_time_limits_run_to_the_end_and_start_no_limit_watcher(
+    make_pool: MakePool,
+) -> None:
+    # Given a pool, and the time-limit watcher threads alive before it
+    watchers_before = _limit_watchers()
+    harness = make_pool(2)
+
+    # When jobs without time limits run, one of them looping for 0.4 s
+    harness.submit(make_job("looper", "spin", 0.4), make_job("ok-1"), make_job("ok-2"))
+
+    # Then all of them run to success
+    calls = harness.done.wait(3)
+    assert sorted(job.message.id for job, _ in calls) == ["looper", "ok-1", "ok-2"]
+    assert {outcome.state for _, outcome in calls} == {states.SUCCESS}
+    # And no thread was started to watch limits they do not have
+    assert _limit_watchers() <= watchers_before
+
+
+@pytest.mark.parametrize("pool_name", ["prefork"])
+def test_prefork_kills_a_child_past_its_hard_time_limit_and_replaces_it(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given a prefork pool of two children
+    harness = make_pool(2)
+    pool = harness.pool
+    assert isinstance(pool, PreforkPool)
+    pids_before = pool.pids()
+
+    # When a job stuck in one 30 s blocking call has a hard time limit of 0.5 s
+    started = time.monotonic()
+    harness.submit(make_job("stuck", "nap", 30.0, time_limit=0.5))
+    [(_, stuck_pid)] = lab.started(1)
+
+    # Then it is reported TIMED_OUT, once, soon after the limit
+    [(job, outcome)] = harness.done.wait(1, timeout=3.0)
+    elapsed = time.monotonic() - started
+    assert job.message.id == "stuck"
+    assert outcome.state == TIMED_OUT
+    assert outcome.summary.startswith("hard time limit (0.5 s) exceeded")
+    assert 0.5 <= elapsed < 2.0
+
+    # And its child is gone, replaced: two live children, the other one untouched
+    with pytest.raises(ProcessLookupError):
+        os.kill(stuck_pid, 0)
+    pids = pool.pids()
+    assert len(pids) == 2
+    assert stuck_pid not in pids
+    assert set(pids_before) - {stuck_pid} < set(pids)
+    for pid in pids:
+        os.kill(pid, 0)
+    assert not pool.failed.is_set()
+
+    # And new jobs run, in both children
+    harness.submit(make_job("after-1", "block"), make_job("after-2", "block"))
+    assert {pid for _, pid in lab.started(2)} == set(pids)
+    lab.release()
+    assert [o.state for _, o in harness.done.wait(3)[1:]] == [states.SUCCESS] * 2
+    time.sleep(0.1)
+    assert sorted(harness.done.ids()) == ["after-1", "after-2", "stuck"]
+
+
+@pytest.mark.parametrize("pool_name", ["threads", "asyncio-sync"])
+def test_threads_abandons_a_thread_stuck_past_its_hard_time_limit_and_starts_another(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given a pool of one slot running sync jobs in threads
+    harness = make_pool(1)
+    perform = perform_of(harness)
+
+    # When its job is stuck in one long blocking call, where no exception can land,
+    # with a hard time limit of 0.3 s
+    started = time.monotonic()
+    harness.submit(make_job("stuck", "nap", 30.0, time_limit=0.3))
+    lab.started(1)
+
+    # Then, a grace period after the limit, it is reported TIMED_OUT: its thread abandoned
+    [(job, outcome)] = harness.done.wait(1, timeout=0.3 + HARD_GRACE + 2.0)
+    elapsed = time.monotonic() - started
+    assert job.message.id == "stuck"
+    assert outcome.state == TIMED_OUT
+    assert outcome.summary.startswith("hard time limit (0.3 s) exceeded")
+    assert "abandoned" in outcome.summary
+    assert 0.3 + HARD_GRACE <= elapsed < 0.3 + HARD_GRACE + 1.0
+    assert harness.pool.running() == []
+
+    # And another thread runs the next job while the abandoned one is still stuck
+    stuck = perform.threads["stuck"]
+    harness.submit(make_job("next"))
+    assert harness.done.wait(2)[1][1].state == states.SUCCESS
+    assert perform.threads["next"] is not stuck
+    assert stuck.is_alive()
+
+    # And when the abandoned job does return, its outcome is dropped: reported once
+    lab.release()
+    if pool_name == "threads":  # (asyncio's executor keeps the thread for later work)
+        stuck.join(2.0)
+        assert not stuck.is_alive()
+    time.sleep(0.2)
+    assert harness.done.ids() == ["stuck", "next"]
+
+
+@pytest.mark.parametrize("pool_name", ["solo", "threads", "asyncio-sync"])
+def test_a_hard_time_limit_lands_in_a_thread_running_python_and_fails_the_job(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given a pool of one slot that runs jobs in a thread
+    harness = make_pool(1)
+    perform = perform_of(harness)
+
+    # When a job that would loop for 5 s in short steps has a hard time limit of 0.3 s
+    started = time.monotonic()
+    harness.submit(make_job("looper", "spin", 5.0, time_limit=0.3))
+
+    # Then TimeLimitExceeded lands in it: it fails naming it, before any grace period ends
+    [(job, outcome)] = harness.done.wait(1, timeout=0.3 + HARD_GRACE)
+    assert job.message.id == "looper"
+    assert outcome.state == states.FAILURE
+    assert outcome.summary.startswith("TimeLimitExceeded")
+    assert 0.3 <= time.monotonic() - started < 0.3 + HARD_GRACE
+
+    # And its thread is not abandoned: the next job runs in it
+    harness.submit(make_job("next"))
+    assert harness.done.wait(2)[1][1].state == states.SUCCESS
+    assert perform.threads["next"] is perform.threads["looper"]
+    # And nothing more is reported once the grace period is over
+    time.sleep(max(0.0, started + 0.3 + HARD_GRACE + 0.2 - time.monotonic()))
+    assert harness.done.ids() == ["looper", "next"]
+
+
+@pytest.mark.parametrize("pool_name", ["asyncio"])
+def test_asyncio_cancels_a_coroutine_past_its_hard_time_limit_and_frees_its_slot(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given an asyncio pool of one slot
+    harness = make_pool(1)
+
+    # When a coroutine job that awaits a 30 s sleep has a hard time limit of 0.3 s
+    started = time.monotonic()
+    harness.submit(make_job("stuck", "nap", 30.0, time_limit=0.3))
+
+    # Then it is reported TIMED_OUT soon after the limit
+    [(job, outcome)] = harness.done.wait(1, timeout=2.0)
+    elapsed = time.monotonic() - started
+    assert job.message.id == "stuck"
+    assert outcome.state == TIMED_OUT
+    assert outcome.summary.startswith("hard time limit (0.3 s) exceeded")
+    assert 0.3 <= elapsed < 1.0
+
+    # And its slot is free: the next job runs to success, and nothing else is reported
+    harness.submit(make_job("next"))
+    assert harness.done.wait(2)[1][1].state == states.SUCCESS
+    assert harness.pool.running() == []
+    time.sleep(0.1)
+    assert harness.done.ids() == ["stuck", "next"]
+
+
+# --- prefork: recycling children -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool_name", ["prefork"])
+def test_prefork_replaces_a_child_after_max_tasks_per_child_jobs(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given a prefork pool of one child, each child retiring after two jobs
+    harness = make_pool(1, PoolLimits(max_tasks_per_child=2))
+    pool = harness.pool
+    assert isinstance(pool, PreforkPool)
+
+    # When five jobs are submitted together
+    jobs = [make_job(f"r{i}") for i in range(5)]
+    harness.submit(*jobs)
+
+    # Then they start in order, in a new child every two jobs
+    started = lab.started(5)
+    assert [job_id for job_id, _ in started] == [job.message.id for job in jobs]
+    pids = [pid for _, pid in started]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    assert len(set(pids)) == 3
+
+    # And each is reported exactly once, a success: none is lost with a retiring child
+    calls = harness.done.wait(5)
+    assert {outcome.state for _, outcome in calls} == {states.SUCCESS}
+    time.sleep(0.1)
+    assert sorted(harness.done.ids()) == [job.message.id for job in jobs]
+    # And the pool is left with one live child: the third
+    assert pool.pids() == [pids[4]]
+    assert not pool.failed.is_set()
+
+
+@pytest.mark.parametrize("pool_name", ["prefork"])
+def test_prefork_replaces_a_child_whose_memory_grew_past_max_memory_per_child(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given the memory a child uses after a light job (measured in a first pool)
+    probe = make_pool(1)
+    probe.submit(make_job("probe", "rss"))
+    lab.started(1)
+    [(_, outcome)] = probe.done.wait(1)
+    baseline = int(outcome.summary)
+    # And a prefork pool of one child, allowed 20 MiB more than that
+    harness = make_pool(1, PoolLimits(max_memory_per_child=baseline + 20 * 1024))
+
+    # When a job that keeps 50 MiB runs between two light jobs
+    harness.submit(make_job("light"), make_job("hog", "hog", 50), make_job("after"))
+
+    # Then the light job leaves its child in place, but the hog's child is replaced
+    # after it: the next job runs in a new child
+    started = lab.started(3)
+    assert [job_id for job_id, _ in started] == ["light", "hog", "after"]
+    [light, hog, after] = [pid for _, pid in started]
+    assert light == hog != after
+    calls = harness.done.wait(3)
+    assert {outcome.state for _, outcome in calls} == {states.SUCCESS}
+    assert isinstance(harness.pool, PreforkPool)
+    assert harness.pool.pids() == [after]
+
+
+@pytest.mark.parametrize("pool_name", ["prefork"])
+def test_prefork_keeps_a_child_that_starts_above_max_memory_per_child(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given a prefork pool whose memory limit (1 KiB) is below what any fresh child uses
+    harness = make_pool(1, PoolLimits(max_memory_per_child=1))
+
+    # When three jobs run
+    harness.submit(*(make_job(f"m{i}") for i in range(3)))
+
+    # Then they all run in the same child: replacing it after each job would only
+    # start another child just as big
+    pids = {pid for _, pid in lab.started(3)}
+    assert len(pids) == 1
+    calls = harness.done.wait(3)
+    assert {outcome.state for _, outcome in calls} == {states.SUCCESS}
+    assert isinstance(harness.pool, PreforkPool)
+    assert harness.pool.pids() == list(pids)

@@ -11,6 +11,7 @@ import click
 from conveyor import __version__
 from conveyor.cli import _AppRef, cli
 from conveyor.worker import Worker, WorkerOptions, default_hostname
+from conveyor.worker.autoscale import parse_autoscale
 from conveyor.worker.banner import banner
 from conveyor.worker.logs import FORMATS, LEVELS, as_record_line, setup_logging
 from conveyor.worker.pools import POOLS
@@ -44,6 +45,11 @@ logger = logging.getLogger("conveyor.worker")
     type=click.Path(dir_okay=False),
     help="Keep a liveness file here for `conveyor worker-health` [worker_heartbeat_file].",
 )
+@click.option(
+    "--autoscale",
+    metavar="MAX,MIN",
+    help="Grow the pool up to MAX with demand and shrink it back to MIN (instead of -c).",
+)
 @click.option("-n", "--hostname", help="Worker name; %h expands to the host name.")
 @click.option("--shutdown-timeout", type=float, help="Seconds running tasks get on SIGTERM [25].")
 @click.pass_obj
@@ -56,6 +62,7 @@ def worker(
     loglevel: str,
     log_format: str | None,
     heartbeat_file: str | None,
+    autoscale: str | None,
     hostname: str | None,
     shutdown_timeout: float | None,
 ) -> None:
@@ -80,7 +87,16 @@ def worker(
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         ),
         heartbeat_file=heartbeat_file or conf.worker_heartbeat_file,
+        autoscale_keepalive=conf.worker_autoscale_keepalive,
     )
+    if autoscale:
+        if options.pool == "solo":
+            raise click.UsageError("--autoscale needs a pool that can grow: not -P solo")
+        try:
+            options.autoscale = parse_autoscale(autoscale)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--autoscale") from None
+        options.concurrency = options.autoscale[0]
     if options.pool == "solo":
         options.concurrency = 1
     for name, reason in conf.ignored_settings():

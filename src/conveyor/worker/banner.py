@@ -22,12 +22,16 @@ def banner(app: Conveyor, options: WorkerOptions, hostname: str, version: str) -
     scheme = broker_url.split(":", 1)[0]
     kind = _WARNINGS.get(scheme)
     held = options.concurrency * options.prefetch_multiplier
+    if options.autoscale:
+        size = f"autoscale {options.autoscale[1]} to {options.autoscale[0]}"
+    else:
+        size = f"concurrency {options.concurrency}"
     lines = [
         f"conveyor {version} worker {hostname}",
         f"  app:      {app.main or '__main__'}",
         f"  broker:   {safe_url(broker_url)}" + (f"  ({kind})" if kind else ""),
         f"  results:  {safe_url(app.backend_url)}",
-        f"  pool:     {options.pool}, concurrency {options.concurrency}, "
+        f"  pool:     {options.pool}, {size}, "
         f"prefetch multiplier {options.prefetch_multiplier} "
         f"(holds at most {held} unacknowledged message{'s' if held != 1 else ''})",
         f"  queues:   {', '.join(options.queues)}",

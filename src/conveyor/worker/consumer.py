@@ -35,12 +35,15 @@ from conveyor.exceptions import (
     DecodeError,
     NotRegistered,
     TaskRevokedError,
+    TimeLimitExceeded,
     WorkerLostError,
 )
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
+from conveyor.worker.autoscale import KEEPALIVE, Autoscaler
 from conveyor.worker.heartbeat import Heartbeat
-from conveyor.worker.job import LOST, Job, JobRunner, Outcome
+from conveyor.worker.job import LOST, TIMED_OUT, Job, JobRunner, Outcome
+from conveyor.worker.limits import PoolLimits
 from conveyor.worker.liveness import HeartbeatFile
 from conveyor.worker.logs import task_extra
 from conveyor.worker.pools import POOLS, Pool
@@ -70,6 +73,11 @@ class WorkerOptions:
     watchdog_timeout: float = 60.0
     #: Where to keep the heartbeat file for ``conveyor worker-health`` (None: nowhere).
     heartbeat_file: str | None = None
+    #: ``(maximum, minimum)`` pool size with ``--autoscale`` (``concurrency`` is then
+    #: ignored); None: a fixed size.
+    autoscale: tuple[int, int] | None = None
+    #: Seconds demand stays low before an autoscaled pool shrinks.
+    autoscale_keepalive: float = KEEPALIVE
 
 
 def default_hostname() -> str:
@@ -84,12 +92,25 @@ class Worker:
         self.options = options
         self.hostname = options.hostname or default_hostname()
         self.consumer_id = f"{self.hostname}/{os.getpid()}"
-        self.capacity = options.concurrency * options.prefetch_multiplier
+        # With autoscale, fetch for the largest pool: demand above the pool's size is
+        # what makes it grow.
+        slots = options.autoscale[0] if options.autoscale else options.concurrency
+        self.capacity = slots * options.prefetch_multiplier
         self.broker = app.broker
         self.backend = app.backend
         pool_cls = POOLS[options.pool]
-        self.pool: Pool = pool_cls(
-            JobRunner(app, self.hostname), options.concurrency, self._on_done
+        limits = PoolLimits(
+            max_tasks_per_child=app.conf.worker_max_tasks_per_child,
+            max_memory_per_child=app.conf.worker_max_memory_per_child,
+        )
+        size = options.autoscale[1] if options.autoscale else options.concurrency
+        self.pool: Pool = pool_cls(JobRunner(app, self.hostname), size, self._on_done, limits)
+        self.autoscaler = (
+            Autoscaler(
+                self.pool, options.autoscale[1], options.autoscale[0], options.autoscale_keepalive
+            )
+            if options.autoscale
+            else None
         )
         self._cond = threading.Condition()
         self._held: dict[str, Job] = {}  # token -> job, everything not yet settled
@@ -149,6 +170,10 @@ class Worker:
                 self.exit_code = 1
                 break
             self._watch_fetcher()
+            if self.autoscaler is not None:
+                with self._cond:
+                    demand = len(self._held)
+                self.autoscaler.update(demand)
             if self.liveness is not None:
                 self.liveness.update(time.monotonic() - self.fetch_alive)
         self.shutdown()
@@ -268,7 +293,17 @@ class Worker:
         acks_late = conf.task_acks_late if task.acks_late is None else task.acks_late
         ignore = msg.ignore_result or bool(task.ignore_result)
         track = conf.task_track_started if task.track_started is None else task.track_started
-        job = Job(delivery, msg, acks_late=acks_late, store_result=not ignore, track_started=track)
+        soft = conf.task_soft_time_limit if task.soft_time_limit is None else task.soft_time_limit
+        hard = conf.task_time_limit if task.time_limit is None else task.time_limit
+        job = Job(
+            delivery,
+            msg,
+            acks_late=acks_late,
+            store_result=not ignore,
+            track_started=track,
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
         if msg.expires is not None and time.time() > msg.expires:
             self.broker.ack([delivery])
             logger.info("%s expired before it could run; not run", job.label)
@@ -280,6 +315,10 @@ class Worker:
             self._held[delivery.token] = job
         if logger.isEnabledFor(logging.INFO):
             logger.info("%s received", job.label, extra=task_extra(msg.task, msg.id))
+        if self.autoscaler is not None:
+            with self._cond:
+                demand = len(self._held)
+            self.autoscaler.update(demand)  # grow before submitting: the job starts at once
         self.pool.submit(job)
 
     def _reject(self, delivery: Delivery, task_id: str | None, name: str, exc: Exception) -> None:
@@ -360,6 +399,9 @@ class Worker:
             return result
 
     def _settle(self, batch: list[tuple[Job, Outcome]]) -> None:
+        batch = [
+            (j, self._time_limit_failure(j, o) if o.state == TIMED_OUT else o) for j, o in batch
+        ]
         finished = [(j, o) for j, o in batch if o.state != LOST]
         late = [j.delivery for j, _ in finished if j.acks_late]
         acks = self._through_outage("ack", lambda: self.broker.ack(late)) if late else []
@@ -390,6 +432,15 @@ class Worker:
         for job, outcome in batch:
             if outcome.state == LOST:
                 self._settle_lost(job, outcome)
+
+    def _time_limit_failure(self, job: Job, outcome: Outcome) -> Outcome:
+        """A job its pool ended at the hard limit: a FAILURE to store and acknowledge
+        (never redelivered: it would only run into the same limit again)."""
+        exc = TimeLimitExceeded(outcome.summary)
+        payload = encode_failure(
+            job.message.task, exc, worker=self.hostname, retries=job.message.retries
+        )
+        return Outcome(states.FAILURE, payload, outcome.runtime, f"TimeLimitExceeded: {exc}")
 
     def _settle_lost(self, job: Job, outcome: Outcome) -> None:
         if job.acks_late and self.app.conf.task_reject_on_worker_lost:

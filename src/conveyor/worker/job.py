@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from conveyor import states
 from conveyor.backends.base import ResultWrite
 from conveyor.brokers.base import Delivery
-from conveyor.exceptions import EncodeError
+from conveyor.exceptions import EncodeError, SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.message import Message
 from conveyor.result import encode_failure, encode_state, encode_success
 from conveyor.task import Request, Task, from_timestamp, request_context
+from conveyor.worker.limits import interruptible
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -30,6 +31,9 @@ logger = logging.getLogger("conveyor.task")
 
 #: Outcome state of a job whose process died before it reported back.
 LOST = "LOST"
+#: Outcome state of a job its pool ended at its hard time limit (the consumer records
+#: it as a FAILURE with TimeLimitExceeded and acknowledges it).
+TIMED_OUT = "TIMED_OUT"
 
 
 @dataclass(slots=True)
@@ -41,6 +45,10 @@ class Job:
     acks_late: bool = True
     store_result: bool = True
     track_started: bool = False
+    #: Seconds after which SoftTimeLimitExceeded is raised in the task (None: never).
+    soft_time_limit: float | None = None
+    #: Seconds after which the pool ends the task for certain (None: never).
+    time_limit: float | None = None
     received_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -66,7 +74,9 @@ def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
     run = _Run.begin(app, job, hostname)
     with request_context(run.request):
         try:
-            value: Any = run.task(*job.message.args, **job.message.kwargs)
+            # time limits may raise their exceptions only inside this block
+            with interruptible(job):
+                value: Any = run.task(*job.message.args, **job.message.kwargs)
         except Exception as exc:
             return run.failed(exc)
     return run.succeeded(value)
@@ -77,8 +87,15 @@ async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
     this thread (for the asyncio pool, which runs many such jobs on one loop)."""
     run = _Run.begin(app, job, hostname)
     with request_context(run.request):
+        soft = asyncio.timeout(job.soft_time_limit)
         try:
-            value: Any = await run.task.acall(*job.message.args, **job.message.kwargs)
+            async with soft:
+                value: Any = await run.task.acall(*job.message.args, **job.message.kwargs)
+        except TimeoutError as exc:
+            if soft.expired():
+                limit = SoftTimeLimitExceeded(f"soft time limit of {job.soft_time_limit} s")
+                return run.failed(limit.with_traceback(exc.__traceback__))
+            return run.failed(exc)
         except Exception as exc:
             return run.failed(exc)
         except asyncio.CancelledError as exc:
@@ -158,6 +175,11 @@ class _Run:
     def failed(self, exc: BaseException) -> Outcome:
         """The outcome of a task that raised ``exc``."""
         runtime = time.perf_counter() - self.started
+        if not exc.args:  # a limit raised from outside the task carries no message
+            if isinstance(exc, SoftTimeLimitExceeded):
+                exc.args = (f"soft time limit ({self.job.soft_time_limit} s) exceeded",)
+            elif isinstance(exc, TimeLimitExceeded):
+                exc.args = (f"hard time limit ({self.job.time_limit} s) exceeded",)
         msg = self.job.message
         text = "".join(traceback.format_exception(exc))
         payload = encode_failure(

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from conveyor.worker.job import LOST, Job, Outcome
-from conveyor.worker.pools.base import Execute, OnDone, Pool
+from conveyor.worker.limits import HARD_GRACE, Deadlines, PoolLimits
+from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread, timed_out
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -50,8 +51,14 @@ class AsyncioPool(Pool):
     #: Seconds ``stop`` gives cancelled coroutines to unwind before the loop closes.
     stop_timeout = 1.0
 
-    def __init__(self, execute: Execute, concurrency: int, on_done: OnDone):
-        super().__init__(execute, concurrency, on_done)
+    def __init__(
+        self,
+        execute: Execute,
+        concurrency: int,
+        on_done: OnDone,
+        limits: PoolLimits | None = None,
+    ):
+        super().__init__(execute, concurrency, on_done, limits)
         self._async = execute if isinstance(execute, AsyncExecute) else None
         self._lock = threading.Lock()
         self._pending: collections.deque[Job] = collections.deque()
@@ -60,6 +67,9 @@ class AsyncioPool(Pool):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._threads = _DaemonThreads(concurrency, "conveyor-asyncio-sync")
+        # sync tasks in the pool's threads: both limits raised in the thread (best effort);
+        # ``_outlast`` abandons one still running a grace period after its hard limit
+        self._deadlines = Deadlines()
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -96,8 +106,19 @@ class AsyncioPool(Pool):
             self._thread.join(self.stop_timeout + 1.0)
         # A sync task still running keeps its (daemon) thread until it returns.
         self._threads.shutdown(wait=False, cancel_futures=True)
+        self._deadlines.stop()
 
     # -- jobs ------------------------------------------------------------------------
+
+    def resize(self, concurrency: int) -> int:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        with self._lock:
+            self.concurrency = concurrency
+            self._threads.max_threads = concurrency
+            if not self._stopping and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._drain)
+        return concurrency
 
     def submit(self, job: Job) -> None:
         with self._lock:
@@ -129,10 +150,11 @@ class AsyncioPool(Pool):
     async def _run(self, job: Job) -> None:
         try:
             if self._async is not None and self._async.is_async(job):
-                outcome = await self._async.execute_async(job)
+                outcome = await self._run_coroutine(self._async, job)
             else:
                 loop = asyncio.get_running_loop()
-                outcome = await loop.run_in_executor(self._threads, self.execute, job)
+                future = loop.run_in_executor(self._threads, self._run_sync, job)
+                outcome = await (future if job.time_limit is None else self._outlast(future, job))
         except Exception as exc:
             # execute reports task errors in its outcome: this is the pool's own failure
             logger.exception("the asyncio pool could not run %s", job.label)
@@ -143,6 +165,51 @@ class AsyncioPool(Pool):
                 return
         self.on_done(job, outcome)
         self._drain()
+
+    async def _run_coroutine(self, runner: AsyncExecute, job: Job) -> Outcome:
+        """Await the job's coroutine; at its hard time limit, cancel it and free the slot
+        at once (a coroutine that ignores the cancellation runs on, abandoned)."""
+        if job.time_limit is None:
+            return await runner.execute_async(job)
+        inner = asyncio.ensure_future(runner.execute_async(job))
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=job.time_limit)
+        except asyncio.CancelledError:
+            inner.cancel()  # the pool is stopping
+            raise
+        if done:
+            return inner.result()
+        inner.cancel()
+        inner.add_done_callback(_ignore_outcome)
+        logger.error("%s reached its hard time limit (%s s): cancelled", job.label, job.time_limit)
+        return timed_out(job, "cancelled")
+
+    async def _outlast(self, future: asyncio.Future[Outcome], job: Job) -> Outcome:
+        """Wait for a sync job with a hard limit: TimeLimitExceeded is raised in its thread
+        at the limit; if it has not ended ``HARD_GRACE`` later, it is abandoned and the
+        executor may start a thread in its place."""
+        assert job.time_limit is not None
+        done, _ = await asyncio.wait({future}, timeout=job.time_limit + HARD_GRACE)
+        if done:
+            return future.result()
+        self._threads.max_threads += 1
+        future.add_done_callback(_ignore_outcome)
+        logger.error(
+            "%s still running after its hard time limit (%s s): thread abandoned and replaced",
+            job.label,
+            job.time_limit,
+        )
+        return timed_out(job, "the thread did not stop; abandoned")
+
+    def _run_sync(self, job: Job) -> Outcome:
+        with self._deadlines.watch(job):
+            return run_in_thread(self.execute, job)
+
+
+def _ignore_outcome(task: asyncio.Future[Outcome]) -> None:
+    # an abandoned coroutine's outcome: its job was settled at the hard limit
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _cancel_and_wait(loop: asyncio.AbstractEventLoop, timeout: float) -> None:
@@ -163,7 +230,8 @@ class _DaemonThreads(concurrent.futures.Executor):
     """
 
     def __init__(self, max_threads: int, name: str):
-        self._max_threads = max_threads
+        #: Threads to start at most; lowering it stops no thread already started.
+        self.max_threads = max_threads
         self._name = name
         self._work: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
@@ -179,7 +247,7 @@ class _DaemonThreads(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot run more work after shutdown")
             self._work.put(_WorkItem(future, lambda: fn(*args, **kwargs)))
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_threads:
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_threads:
                 thread = threading.Thread(
                     target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
                 )

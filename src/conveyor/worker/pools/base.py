@@ -6,7 +6,11 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from conveyor.worker.job import Job, Outcome
+from conveyor import states
+from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from conveyor.result import encode_failure
+from conveyor.worker.job import TIMED_OUT, Job, Outcome
+from conveyor.worker.limits import PoolLimits
 
 Execute = Callable[[Job], Outcome]
 OnDone = Callable[[Job, Outcome], None]
@@ -21,12 +25,19 @@ class Pool(ABC):
 
     name: str
 
-    def __init__(self, execute: Execute, concurrency: int, on_done: OnDone):
+    def __init__(
+        self,
+        execute: Execute,
+        concurrency: int,
+        on_done: OnDone,
+        limits: PoolLimits | None = None,
+    ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.execute = execute
         self.concurrency = concurrency
         self.on_done = on_done
+        self.limits = limits or PoolLimits()
         #: Set when the pool can no longer run jobs; the worker then exits non-zero.
         self.failed = threading.Event()
 
@@ -46,7 +57,35 @@ class Pool(ABC):
     def running(self) -> list[Job]:
         """The jobs that have started and not reported back."""
 
+    def resize(self, concurrency: int) -> int:
+        """Run up to ``concurrency`` jobs at once from now on (``--autoscale``); returns
+        the size reached. Shrinking never interrupts a running job: a pool may stay
+        above ``concurrency`` until its busy slots free up, and is asked again."""
+        raise NotImplementedError(f"the {self.name} pool cannot be resized")
+
     @abstractmethod
     def stop(self) -> None:
         """End the pool now; jobs still running are abandoned (their processes killed
         where the pool owns processes). Their outcomes are not reported."""
+
+
+def run_in_thread(execute: Execute, job: Job) -> Outcome:
+    """``execute(job)`` in a pool thread. A limit's exception is raised only inside the
+    task's code (see ``limits.interruptible``), where ``execute`` catches it; this is
+    the safety net should one still arrive as the task returns."""
+    try:
+        return execute(job)
+    except TimeLimitExceeded:
+        return timed_out(job, "TimeLimitExceeded arrived as the task ended")
+    except SoftTimeLimitExceeded as exc:
+        exc.args = exc.args or ("soft time limit exceeded as the task ended",)
+        payload = encode_failure(job.message.task, exc)
+        return Outcome(states.FAILURE, payload, summary=f"SoftTimeLimitExceeded: {exc}")
+
+
+def timed_out(job: Job, why: str = "") -> Outcome:
+    """The outcome of a job ended at its hard time limit."""
+    summary = f"hard time limit ({job.time_limit:g} s) exceeded" if job.time_limit else why
+    if why and job.time_limit:
+        summary = f"{summary}: {why}"
+    return Outcome(TIMED_OUT, runtime=job.time_limit or 0.0, summary=summary)

@@ -5,22 +5,32 @@ from __future__ import annotations
 import threading
 
 from conveyor.worker.job import Job
-from conveyor.worker.pools.base import Execute, OnDone, Pool
+from conveyor.worker.limits import Deadlines, PoolLimits
+from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread
 
 
 class SoloPool(Pool):
     """No extra threads or processes; ``submit`` returns when the job is done.
 
     The simplest pool to debug with: a breakpoint or profiler in a task sees
-    the worker's own thread.
+    the worker's own thread. Both time limits raise their exception in that
+    thread (best effort); nothing can take the thread back from a task that
+    ignores them.
     """
 
     name = "solo"
 
-    def __init__(self, execute: Execute, concurrency: int, on_done: OnDone):
-        super().__init__(execute, 1, on_done)
+    def __init__(
+        self,
+        execute: Execute,
+        concurrency: int,
+        on_done: OnDone,
+        limits: PoolLimits | None = None,
+    ):
+        super().__init__(execute, 1, on_done, limits)
         self._lock = threading.Lock()
         self._current: Job | None = None
+        self._deadlines = Deadlines()
 
     def start(self) -> None:
         """Nothing to create."""
@@ -29,7 +39,8 @@ class SoloPool(Pool):
         with self._lock:
             self._current = job
         try:
-            outcome = self.execute(job)
+            with self._deadlines.watch(job):
+                outcome = run_in_thread(self.execute, job)
         finally:
             with self._lock:
                 self._current = None
@@ -44,3 +55,4 @@ class SoloPool(Pool):
 
     def stop(self) -> None:
         """A job still running ends with the process."""
+        self._deadlines.stop()
