@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 _STOP = object()
+#: Queued for the settler, in place of an outcome, when an acks-early job starts.
+_EARLY_ACK = Outcome("EARLY_ACK")
 T = TypeVar("T")
 
 
@@ -112,6 +114,7 @@ class Worker:
             if options.autoscale
             else None
         )
+        self.pool.on_start = self._on_start
         self._cond = threading.Condition()
         self._held: dict[str, Job] = {}  # token -> job, everything not yet settled
         self._outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -185,6 +188,8 @@ class Worker:
             self._cold.set()
         self._shutdown.set()
         self._stop_fetching.set()
+        with self._cond:
+            self._cond.notify_all()  # a fetch loop waiting for a free slot stops now
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -228,12 +233,12 @@ class Worker:
                 if self._held.pop(job.delivery.token, None) is None:
                     continue
                 self._cond.notify_all()
-            if job.acks_late and self.broker.release(job.delivery):
+            if not job.acked and self.broker.release(job.delivery):
                 logger.info("returned %s to the queue (%s)", job.label, why)
 
     def held_deliveries(self) -> list[Delivery]:
         with self._cond:
-            return [job.delivery for job in self._held.values()]
+            return [job.delivery for job in self._held.values() if not job.acked]
 
     def _lease_lost(self, message_id: str) -> None:
         with self._cond:
@@ -309,8 +314,6 @@ class Worker:
             logger.info("%s expired before it could run; not run", job.label)
             self._store(job, states.REVOKED, TaskRevokedError("expired"))
             return
-        if not acks_late:
-            self.broker.ack([delivery])
         with self._cond:
             self._held[delivery.token] = job
         if logger.isEnabledFor(logging.INFO):
@@ -343,6 +346,12 @@ class Worker:
     def _on_done(self, job: Job, outcome: Outcome) -> None:
         self._outcomes.put((job, outcome))
 
+    def _on_start(self, job: Job) -> None:
+        # Acks early: acknowledged as the task starts, not when fetched, so that what
+        # a worker holds but has not started can still go back to the queue.
+        if not job.acks_late:
+            self._outcomes.put((job, _EARLY_ACK))
+
     def _settle_loop(self) -> None:
         while True:
             item = self._outcomes.get()
@@ -359,6 +368,10 @@ class Worker:
                     stop = True
                 else:
                     batch.append(item)  # type: ignore[arg-type]
+            early = [job for job, outcome in batch if outcome is _EARLY_ACK]
+            if early:
+                batch = [(job, outcome) for job, outcome in batch if outcome is not _EARLY_ACK]
+                self._ack_early(early)
             if batch:
                 try:
                     self._settle(batch)
@@ -373,6 +386,16 @@ class Worker:
                         self._cond.notify_all()
             if stop:
                 return
+
+    def _ack_early(self, jobs: list[Job]) -> None:
+        try:
+            acks = self._through_outage("ack", lambda: self.broker.ack([j.delivery for j in jobs]))
+        except Exception:
+            logger.exception("acknowledging %d started tasks failed; they may run again", len(jobs))
+            return
+        with self._cond:
+            for job, accepted in zip(jobs, acks, strict=True):
+                job.acked = accepted
 
     def _through_outage(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, retried through broker or backend outages until it succeeds.

@@ -49,6 +49,8 @@ class Job:
     soft_time_limit: float | None = None
     #: Seconds after which the pool ends the task for certain (None: never).
     time_limit: float | None = None
+    #: Acknowledged as it started (acks early): no longer renewed nor given back.
+    acked: bool = False
     received_at: float = field(default_factory=time.monotonic)
 
     @property

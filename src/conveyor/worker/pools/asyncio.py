@@ -145,6 +145,7 @@ class AsyncioPool(Pool):
                     return
                 job = self._pending.popleft()
                 self._running.append(job)
+            self.on_start(job)
             asyncio.get_running_loop().create_task(self._run(job), name=job.label)
 
     async def _run(self, job: Job) -> None:

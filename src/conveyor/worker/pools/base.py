@@ -16,6 +16,10 @@ Execute = Callable[[Job], Outcome]
 OnDone = Callable[[Job, Outcome], None]
 
 
+def _nothing(job: Job) -> None:
+    pass
+
+
 class Pool(ABC):
     """Runs jobs with bounded concurrency; the consumer does not care how.
 
@@ -40,6 +44,9 @@ class Pool(ABC):
         self.limits = limits or PoolLimits()
         #: Set when the pool can no longer run jobs; the worker then exits non-zero.
         self.failed = threading.Event()
+        #: Called as each job leaves the queue inside the pool to run, from any thread,
+        #: possibly under the pool's lock: it must not block (the worker acks early here).
+        self.on_start: Callable[[Job], None] = _nothing
 
     @abstractmethod
     def start(self) -> None:

@@ -206,6 +206,7 @@ class PreforkPool(Pool):
                     continue
                 child.job = job
                 child.job_sent = time.monotonic()
+                self.on_start(job)
                 if job.time_limit is not None:
                     with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
                         os.write(self._wake_w, b"!")

@@ -38,6 +38,7 @@ class SoloPool(Pool):
     def submit(self, job: Job) -> None:
         with self._lock:
             self._current = job
+        self.on_start(job)
         try:
             with self._deadlines.watch(job):
                 outcome = run_in_thread(self.execute, job)

@@ -66,6 +66,7 @@ class ThreadPool(Pool):
                     return
                 job = self._pending.popleft()
                 self._running[ident] = job
+            self.on_start(job)
             try:
                 with self._deadlines.watch(job):
                     outcome = run_in_thread(self.execute, job)
