@@ -280,3 +280,20 @@ def test_sigkill_of_a_child_mid_task_requeues_the_task_and_refills_the_pool(
     results = [limit_tasks.soft_cleanup.delay(0.3) for _ in range(2)]
     assert all(not r.get(timeout=5)["soft"] for r in results)
     assert worker.proc.poll() is None
+
+
+def test_a_worker_that_cannot_keep_its_pool_alive_exits_non_zero(
+    app: Conveyor, tmp_path: Path
+) -> None:
+    # Given a worker whose pool children all die as soon as they are forked
+    env = {**os.environ, "CONVEYOR_TEST_CHILD_CRASH": "1"}
+    worker = WorkerProcess(["-P", "prefork", "-c", "2"], env, tmp_path / "w.log", app=LIMIT_APP)
+    try:
+        # Then it gives up within seconds and exits non-zero, for its supervisor to act,
+        # instead of staying up without a pool
+        assert worker.wait(20) == 1
+        log = worker.stderr_text()
+        assert "pool children keep dying" in log
+        assert "the worker cannot run tasks any more: exiting" in log
+    finally:
+        worker.cleanup()

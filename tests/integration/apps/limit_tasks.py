@@ -6,6 +6,7 @@ A worker started with ``-A apps.limit_tasks`` runs these and every task of
 * ``CONVEYOR_TEST_MAX_TASKS_PER_CHILD``: ``worker_max_tasks_per_child``
 * ``CONVEYOR_TEST_MAX_MEMORY_PER_CHILD``: ``worker_max_memory_per_child`` (KiB)
 * ``CONVEYOR_TEST_AUTOSCALE_KEEPALIVE``: ``worker_autoscale_keepalive`` (seconds)
+* ``CONVEYOR_TEST_CHILD_CRASH``: ``1`` makes every process forked by the worker die
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ for _variable, _setting in [
 ]:
     if os.environ.get(_variable):
         app.conf[_setting] = int(os.environ[_variable])
+if os.environ.get("CONVEYOR_TEST_CHILD_CRASH"):
+    # Every process forked from here dies at once, as a pool child would with a broken
+    # native extension or no memory: the worker cannot keep its pool alive.
+    os.register_at_fork(after_in_child=lambda: os._exit(3))
 if os.environ.get("CONVEYOR_TEST_AUTOSCALE_KEEPALIVE"):
     app.conf.worker_autoscale_keepalive = float(os.environ["CONVEYOR_TEST_AUTOSCALE_KEEPALIVE"])
 

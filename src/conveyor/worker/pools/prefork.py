@@ -114,8 +114,9 @@ class PreforkPool(Pool):
     """``concurrency`` forked children, kept at full strength."""
 
     name = "prefork"
-    #: Children dying this many times in a row without finishing any job means the
-    #: pool cannot be kept alive (e.g. a crash at import): the worker must exit.
+    #: Children dying this many times in a row while running nothing (and with no job
+    #: finished in between) means the pool cannot be kept alive (a crash at start, no
+    #: memory to fork): the worker must exit so that its supervisor starts a new one.
     max_consecutive_deaths = 20
 
     def __init__(
@@ -344,7 +345,9 @@ class PreforkPool(Pool):
             child.conn.close()
             if child.retiring and job is None and code == 0:
                 logger.info("pool child %s %s: replaced", child.process.pid, child.retiring)
-            else:
+            elif job is None:
+                # Dying while running nothing is the pool's failure, not a task's (a task
+                # that kills its process is dead-lettered after broker_max_deliveries).
                 self._deaths_in_a_row += 1
             if self._deaths_in_a_row > self.max_consecutive_deaths:
                 logger.critical("pool children keep dying (last exit code %s): giving up", code)
