@@ -148,6 +148,37 @@ def test_fetch_returns_promptly_when_another_thread_publishes(broker: Broker) ->
     assert returned - published_at[0] < 0.05
 
 
+@pytest.mark.parametrize("how", ["publish", "retry"])
+def test_a_waiting_fetch_returns_a_delayed_message_sent_during_the_wait_when_it_is_due(
+    broker: Broker, how: str
+) -> None:
+    # Given a consumer waiting on a queue with nothing ready or delayed
+    if how == "retry":
+        broker.publish(msg("again"))
+        delivery = take_one(broker)
+    sent_due: list[float] = []
+
+    def send() -> None:
+        due = now() + 0.3
+        if how == "publish":
+            broker.publish(msg("again", eta=due))
+        else:
+            assert broker.retry(delivery, b"again", due)
+        sent_due.append(time.monotonic() + 0.3)
+
+    timer = threading.Timer(0.1, send)
+    timer.start()
+
+    # When a message due in 0.3 s is published (or a delivery retried) mid-wait
+    got = take(broker, timeout=3.0)
+    returned = time.monotonic()
+    timer.join()
+
+    # Then the wait ends when it is due, not when the wait would have timed out
+    assert ids(got) == ["again"]
+    assert -0.01 <= returned - sent_due[0] < 0.25
+
+
 def test_delayed_message_is_fetched_only_when_due(broker: Broker) -> None:
     # Given a message due in 0.3 s
     broker.publish(msg("later", eta=now() + 0.3))

@@ -135,7 +135,8 @@ class BrokerOptions:
 
 class Broker(ABC):
     """The contract every broker implements. Each method states its guarantee;
-    the shared contract suite (tests/contract/test_broker.py) tests that text."""
+    the shared contract suites (tests/contract/test_broker.py, and
+    test_coordination.py for the coordination section) test that text."""
 
     url: str
     options: BrokerOptions
@@ -256,6 +257,64 @@ class Broker(ABC):
         In-flight messages and dead letters are left alone.
         """
 
+    # -- coordination: state shared by every worker and producer ----------------
+    #
+    # Small atomic records kept in the broker's store (never in one worker's memory),
+    # each with a time to live so that nothing outlives its use. Keys are chosen by
+    # the caller (a task name, a unique key, a group id) and may be any string.
+
+    @abstractmethod
+    def revoke(self, task_ids: Sequence[str], ttl: float, *, terminate: bool = False) -> None:
+        """Record these task ids as revoked for ``ttl`` seconds (from now; a later call
+        extends it). ``terminate`` is recorded too: running copies should be stopped."""
+
+    @abstractmethod
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bool]:
+        """The ids among ``task_ids`` that are revoked and not expired, each mapped to
+        its ``terminate`` flag. One round trip for the whole batch."""
+
+    @abstractmethod
+    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+        """Take one of ``limit`` permits per ``period`` seconds for ``key``, shared by
+        every process: 0.0 if taken, else the seconds until one is free (nothing taken).
+
+        A burst of up to ``limit`` at once is allowed, then one permit per
+        ``period / limit`` seconds (the generic cell rate algorithm), so over any
+        window of T seconds at most ``limit + limit * T / period`` permits are given.
+        """
+
+    @abstractmethod
+    def slot_acquire(self, key: str, limit: int, holder: str, ttl: float) -> bool:
+        """Hold one of at most ``limit`` slots of ``key`` as ``holder`` for ``ttl``
+        seconds. True if held (also if ``holder`` already held one: its ttl is
+        extended); False if ``limit`` other holders hold unexpired slots. Expired
+        holders (a crashed worker's) are dropped first."""
+
+    @abstractmethod
+    def slot_renew(self, key: str, holders: Sequence[str], ttl: float) -> None:
+        """Extend the slots of these holders of ``key`` to ``ttl`` seconds from now
+        (holders that hold none are ignored)."""
+
+    @abstractmethod
+    def slot_release(self, key: str, holder: str) -> None:
+        """Give back ``holder``'s slot of ``key`` (nothing if it holds none)."""
+
+    @abstractmethod
+    def claim(self, key: str, owner: str, ttl: float) -> str | None:
+        """Claim ``key`` for ``owner`` for ``ttl`` seconds if nobody holds it: returns
+        None when claimed (or already ``owner``'s: the ttl is not changed), else the
+        current owner. For unique tasks (owner: the task id) and beat's slots."""
+
+    @abstractmethod
+    def release_claim(self, key: str, owner: str) -> bool:
+        """Delete the claim on ``key`` if ``owner`` holds it; True if deleted."""
+
+    @abstractmethod
+    def incr(self, key: str, ttl: float) -> int:
+        """Add one to the counter ``key`` (created at 0) and return the new value;
+        the counter expires ``ttl`` seconds after its last increment. Atomic across
+        processes: N increments from anywhere return 1..N, each exactly once."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""
 
@@ -275,3 +334,27 @@ def check_priority(priority: int) -> int:
     if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
         raise ValueError(f"priority must be {MIN_PRIORITY}-{MAX_PRIORITY}, got {priority!r}")
     return priority
+
+
+def check_positive(name: str, value: float) -> float:
+    """``value`` if it is above zero (a ttl, a period, a limit), else ValueError."""
+    if not value > 0:  # NaN too
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def gcra(tat: float | None, t: float, limit: int, period: float) -> tuple[float, float]:
+    """One request of the generic cell rate algorithm at time ``t``.
+
+    ``tat`` is the stored theoretical arrival time (None: nothing stored). With
+    emission interval ``T = period / limit`` and burst tolerance ``period - T``,
+    returns ``(new_tat, 0.0)`` when a permit is granted (store ``new_tat``, which
+    may be forgotten once it has passed), else ``(max(tat, t), wait)`` with
+    ``wait > 0`` seconds until one is free (store nothing).
+    """
+    interval = period / limit
+    base = t if tat is None else max(tat, t)
+    allow_at = base + interval - period
+    if allow_at > t:
+        return base, allow_at - t
+    return base + interval, 0.0

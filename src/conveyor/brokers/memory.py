@@ -21,9 +21,14 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    check_positive,
     check_priority,
+    gcra,
     now,
 )
+
+#: How often (at most) the coordination records are swept of expired entries.
+SWEEP_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -59,6 +64,14 @@ class MemoryBroker(Broker):
         self._delayed: list[tuple[float, int, _Message]] = []
         self._inflight: dict[str, _Message] = {}  # by token
         self._dead: list[DeadLetter] = []
+        # Coordination records, each with its expiry (``now()`` time), under their own lock.
+        self._coord = threading.Lock()
+        self._revoked: dict[str, tuple[float, bool]] = {}  # id -> (expires, terminate)
+        self._rates: dict[str, tuple[float, float]] = {}  # key -> (tat, expires)
+        self._slots: dict[str, dict[str, float]] = {}  # key -> holder -> expires
+        self._claims: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires)
+        self._next_sweep = 0.0
 
     # -- internal moves (the caller holds the lock) ---------------------------
 
@@ -279,3 +292,113 @@ class MemoryBroker(Broker):
             heapq.heapify(kept)
             self._delayed = kept
             return purged
+
+    # -- coordination ----------------------------------------------------------
+
+    def _sweep(self, t: float) -> None:
+        """Drop expired coordination records, at most every ``SWEEP_SECONDS`` (lock held)."""
+        if t < self._next_sweep:
+            return
+        self._next_sweep = t + SWEEP_SECONDS
+        self._revoked = {k: v for k, v in self._revoked.items() if v[0] > t}
+        self._rates = {k: v for k, v in self._rates.items() if v[1] > t}
+        self._claims = {k: v for k, v in self._claims.items() if v[1] > t}
+        self._counters = {k: v for k, v in self._counters.items() if v[1] > t}
+        for key in list(self._slots):
+            self._live_slots(key, t)
+
+    def _live_slots(self, key: str, t: float) -> dict[str, float]:
+        """The unexpired holders of ``key`` (expired ones dropped; lock held)."""
+        holders = {h: e for h, e in self._slots.get(key, {}).items() if e > t}
+        if holders:
+            self._slots[key] = holders
+        else:
+            self._slots.pop(key, None)
+        return holders
+
+    def revoke(self, task_ids: Sequence[str], ttl: float, *, terminate: bool = False) -> None:
+        check_positive("ttl", ttl)
+        with self._coord:
+            t = now()
+            self._sweep(t)
+            for task_id in task_ids:
+                expires, was_terminate = self._revoked.get(task_id, (0.0, False))
+                if expires <= t:
+                    was_terminate = False
+                self._revoked[task_id] = (max(expires, t + ttl), was_terminate or terminate)
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bool]:
+        with self._coord:
+            t = now()
+            found = {i: self._revoked.get(i) for i in task_ids}
+        return {i: rec[1] for i, rec in found.items() if rec is not None and rec[0] > t}
+
+    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+        check_positive("limit", limit)
+        check_positive("period", period)
+        with self._coord:
+            t = now()
+            self._sweep(t)
+            stored = self._rates.get(key)
+            tat = stored[0] if stored is not None and stored[1] > t else None
+            new_tat, wait = gcra(tat, t, limit, period)
+            if not wait:
+                self._rates[key] = (new_tat, new_tat)  # a past tat means nothing
+            return wait
+
+    def slot_acquire(self, key: str, limit: int, holder: str, ttl: float) -> bool:
+        check_positive("limit", limit)
+        check_positive("ttl", ttl)
+        with self._coord:
+            t = now()
+            self._sweep(t)
+            holders = self._live_slots(key, t)
+            if holder not in holders and len(holders) >= limit:
+                return False
+            self._slots.setdefault(key, holders)[holder] = t + ttl
+            return True
+
+    def slot_renew(self, key: str, holders: Sequence[str], ttl: float) -> None:
+        check_positive("ttl", ttl)
+        with self._coord:
+            t = now()
+            live = self._live_slots(key, t)
+            for holder in holders:
+                if holder in live:
+                    live[holder] = t + ttl
+
+    def slot_release(self, key: str, holder: str) -> None:
+        with self._coord:
+            live = self._live_slots(key, now())
+            live.pop(holder, None)
+            if not live:
+                self._slots.pop(key, None)
+
+    def claim(self, key: str, owner: str, ttl: float) -> str | None:
+        check_positive("ttl", ttl)
+        with self._coord:
+            t = now()
+            self._sweep(t)
+            current = self._claims.get(key)
+            if current is not None and current[1] > t:
+                return None if current[0] == owner else current[0]
+            self._claims[key] = (owner, t + ttl)
+            return None
+
+    def release_claim(self, key: str, owner: str) -> bool:
+        with self._coord:
+            current = self._claims.get(key)
+            if current is None or current[1] <= now() or current[0] != owner:
+                return False
+            del self._claims[key]
+            return True
+
+    def incr(self, key: str, ttl: float) -> int:
+        check_positive("ttl", ttl)
+        with self._coord:
+            t = now()
+            self._sweep(t)
+            value, expires = self._counters.get(key, (0, 0.0))
+            value = value + 1 if expires > t else 1
+            self._counters[key] = (value, t + ttl)
+            return value

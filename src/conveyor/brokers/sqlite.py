@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from conveyor.brokers.base import (
     Broker,
@@ -17,7 +18,9 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    check_positive,
     check_priority,
+    gcra,
     now,
 )
 from conveyor.exceptions import BrokerUnavailable
@@ -64,6 +67,65 @@ CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
 CREATE INDEX IF NOT EXISTS conveyor_dead_letters_id ON conveyor_dead_letters (id);
 CREATE INDEX IF NOT EXISTS conveyor_dead_letters_queue ON conveyor_dead_letters (queue, seq);
 """
+# Coordination records (see Broker.revoke and below): one table per kind, each row
+# with the time it stops mattering (``time.time()``). Reads ignore expired rows;
+# writes delete those of their key, and sweep their table now and then.
+SCHEMA += """
+CREATE TABLE IF NOT EXISTS conveyor_revoked (
+    id TEXT PRIMARY KEY,
+    terminate INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_revoked_expiry ON conveyor_revoked (expires_at);
+CREATE TABLE IF NOT EXISTS conveyor_rates (
+    key TEXT PRIMARY KEY,
+    tat REAL NOT NULL  -- theoretical arrival time (GCRA): forgotten once past
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_rates_expiry ON conveyor_rates (tat);
+CREATE TABLE IF NOT EXISTS conveyor_slots (
+    key TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key, holder)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_slots_expiry ON conveyor_slots (expires_at);
+CREATE TABLE IF NOT EXISTS conveyor_claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_claims_expiry ON conveyor_claims (expires_at);
+CREATE TABLE IF NOT EXISTS conveyor_counters (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_counters_expiry ON conveyor_counters (expires_at);
+"""
+# Each coordination table, with its expiry column.
+_EXPIRY_COLUMNS = {
+    "conveyor_revoked": "expires_at",
+    "conveyor_rates": "tat",
+    "conveyor_slots": "expires_at",
+    "conveyor_claims": "expires_at",
+    "conveyor_counters": "expires_at",
+}
+#: How often (at most) one process sweeps a coordination table of expired rows.
+SWEEP_SECONDS = 10.0
+_REVOKE = """
+INSERT INTO conveyor_revoked (id, terminate, expires_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (id) DO UPDATE SET
+    terminate = CASE WHEN expires_at > ?4 THEN max(terminate, excluded.terminate)
+                ELSE excluded.terminate END,
+    expires_at = max(expires_at, excluded.expires_at)
+"""
+_INCR = """
+INSERT INTO conveyor_counters (key, value, expires_at) VALUES (?1, 1, ?2)
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN expires_at > ?3 THEN value + 1 ELSE 1 END,
+    expires_at = excluded.expires_at
+RETURNING value
+"""
 
 _CLAIM = """
 UPDATE conveyor_messages
@@ -95,12 +157,14 @@ _LEASE_EXPIRED = "'lease expired after ' || deliveries || ' deliveries (consumer
 _OLDEST_DEAD = "SELECT seq FROM conveyor_dead_letters WHERE id = ? ORDER BY seq LIMIT 1"
 _CHUNK = 500  # bound on host parameters per statement
 
+_T = TypeVar("_T")
+
 
 def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def _chunks(items: Sequence[Delivery]) -> Iterable[Sequence[Delivery]]:
+def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
 
@@ -122,6 +186,7 @@ class SqliteBroker(Broker):
         self.url = url
         self.options = options or BrokerOptions()
         self._db = Database(url, SCHEMA, BrokerUnavailable)
+        self._next_sweep: dict[str, float] = {}  # coordination table -> when (now())
 
     # -- producing -------------------------------------------------------------
 
@@ -372,6 +437,116 @@ class SqliteBroker(Broker):
                 (queue,),
             )
             return cursor.rowcount
+
+    # -- coordination ----------------------------------------------------------
+
+    def _sweep(self, conn: sqlite3.Connection, table: str, t: float) -> None:
+        """Delete the expired rows of ``table``, at most every ``SWEEP_SECONDS``."""
+        if t >= self._next_sweep.get(table, 0.0):
+            self._next_sweep[table] = t + SWEEP_SECONDS
+            conn.execute(f"DELETE FROM {table} WHERE {_EXPIRY_COLUMNS[table]} <= ?", (t,))
+
+    def revoke(self, task_ids: Sequence[str], ttl: float, *, terminate: bool = False) -> None:
+        check_positive("ttl", ttl)
+        if not task_ids:
+            return
+        with self._db.transaction() as conn:
+            t = now()
+            conn.executemany(_REVOKE, [(i, int(terminate), t + ttl, t) for i in task_ids])
+            self._sweep(conn, "conveyor_revoked", t)
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bool]:
+        found: dict[str, bool] = {}
+        with self._db.snapshot() as conn:
+            t = now()
+            for chunk in _chunks(list(dict.fromkeys(task_ids))):
+                sql = (
+                    "SELECT id, terminate FROM conveyor_revoked"
+                    f" WHERE expires_at > ? AND id IN ({_marks(len(chunk))})"
+                )
+                found.update((i, bool(flag)) for i, flag in conn.execute(sql, [t, *chunk]))
+        return found
+
+    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+        check_positive("limit", limit)
+        check_positive("period", period)
+        with self._db.transaction() as conn:
+            t = now()
+            row = conn.execute("SELECT tat FROM conveyor_rates WHERE key = ?", (key,)).fetchone()
+            new_tat, wait = gcra(None if row is None else row[0], t, limit, period)
+            if not wait:
+                conn.execute(
+                    "INSERT OR REPLACE INTO conveyor_rates (key, tat) VALUES (?, ?)", (key, new_tat)
+                )
+                self._sweep(conn, "conveyor_rates", t)
+        return wait
+
+    def slot_acquire(self, key: str, limit: int, holder: str, ttl: float) -> bool:
+        check_positive("limit", limit)
+        check_positive("ttl", ttl)
+        with self._db.transaction() as conn:
+            t = now()
+            conn.execute("DELETE FROM conveyor_slots WHERE key = ? AND expires_at <= ?", (key, t))
+            held, mine = conn.execute(
+                "SELECT count(*), coalesce(sum(holder = ?), 0) FROM conveyor_slots WHERE key = ?",
+                (holder, key),
+            ).fetchone()
+            if not mine and held >= limit:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO conveyor_slots (key, holder, expires_at) VALUES (?, ?, ?)",
+                (key, holder, t + ttl),
+            )
+            self._sweep(conn, "conveyor_slots", t)
+        return True
+
+    def slot_renew(self, key: str, holders: Sequence[str], ttl: float) -> None:
+        check_positive("ttl", ttl)
+        if not holders:
+            return
+        with self._db.transaction() as conn:
+            t = now()
+            conn.executemany(
+                "UPDATE conveyor_slots SET expires_at = ?"
+                " WHERE key = ? AND holder = ? AND expires_at > ?",
+                [(t + ttl, key, holder, t) for holder in holders],
+            )
+
+    def slot_release(self, key: str, holder: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM conveyor_slots WHERE key = ? AND holder = ?", (key, holder))
+
+    def claim(self, key: str, owner: str, ttl: float) -> str | None:
+        check_positive("ttl", ttl)
+        with self._db.transaction() as conn:
+            t = now()
+            row = conn.execute(
+                "SELECT owner FROM conveyor_claims WHERE key = ? AND expires_at > ?", (key, t)
+            ).fetchone()
+            if row is not None:
+                return None if row[0] == owner else str(row[0])
+            conn.execute(
+                "INSERT OR REPLACE INTO conveyor_claims (key, owner, expires_at) VALUES (?, ?, ?)",
+                (key, owner, t + ttl),
+            )
+            self._sweep(conn, "conveyor_claims", t)
+        return None
+
+    def release_claim(self, key: str, owner: str) -> bool:
+        with self._db.transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM conveyor_claims WHERE key = ? AND owner = ? AND expires_at > ?",
+                (key, owner, now()),
+            )
+            return cursor.rowcount > 0
+
+    def incr(self, key: str, ttl: float) -> int:
+        check_positive("ttl", ttl)
+        with self._db.transaction() as conn:
+            t = now()
+            ((value,),) = conn.execute(_INCR, (key, t + ttl, t)).fetchall()
+            self._sweep(conn, "conveyor_counters", t)
+        return int(value)
 
     def close(self) -> None:
         """Close this process's connections to the file."""

@@ -106,6 +106,25 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
 
 
+def _journal_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while the file is busy.
+
+    On a file not yet in WAL mode (a new one) the switch needs an exclusive lock,
+    and SQLite answers SQLITE_BUSY at once, without waiting, while another process
+    holds a lock on it: processes that open a new file together would fail.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(0.001, 0.005))
+
+
 class Mark(NamedTuple):
     """A point in a database's history to wait from (see ``Database.wait_for_change``)."""
 
@@ -163,7 +182,7 @@ class Database:
             check_same_thread=False,
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _journal_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")  # durable across crashes, not power loss
             with self._schema_lock:
                 if not self._schema_ready:

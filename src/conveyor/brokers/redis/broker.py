@@ -31,9 +31,19 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    check_positive,
     check_priority,
 )
-from conveyor.brokers.redis.keys import QueueKeys, queue_keys, queues_key
+from conveyor.brokers.redis.keys import (
+    QueueKeys,
+    claim_key,
+    counter_key,
+    queue_keys,
+    queues_key,
+    rate_key,
+    revoked_key,
+    slots_key,
+)
 from conveyor.exceptions import BrokerUnavailable
 from conveyor.storage.redis import RedisConnection, as_str
 
@@ -45,7 +55,21 @@ MAX_BLOCK = 5.0
 
 T = TypeVar("T")
 
-_SCRIPTS = ("publish", "fetch", "ack", "settle", "renew", "reclaim", "dead", "purge")
+_SCRIPTS = (
+    "publish",
+    "fetch",
+    "ack",
+    "settle",
+    "renew",
+    "reclaim",
+    "dead",
+    "purge",
+    "revoke",
+    "rate",
+    "slots",
+    "claim",
+    "incr",
+)
 
 
 def _load(name: str) -> str:
@@ -56,6 +80,11 @@ def _load(name: str) -> str:
 
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
+
+
+def _ttl_ms(ttl: float) -> int:
+    """A positive ttl in whole milliseconds, rounded up (PX 0 would be an error)."""
+    return max(math.ceil(check_positive("ttl", ttl) * 1000), 1)
 
 
 class RedisBroker(Broker):
@@ -401,6 +430,51 @@ class RedisBroker(Broker):
     def purge(self, queue: str) -> int:
         k = self._keys(queue)
         return int(self._run("purge", [k.ready, k.delayed, k.msg, k.wake], []))
+
+    # -- coordination: one script on one key per call (see keys.py) ---------------
+
+    def revoke(self, task_ids: Sequence[str], ttl: float, *, terminate: bool = False) -> None:
+        ttl_ms = _ttl_ms(ttl)
+        if task_ids:
+            args = ["add", ttl_ms, int(terminate), *task_ids]
+            self._run("revoke", [revoked_key(self.prefix)], args)
+
+    def revoked(self, task_ids: Sequence[str]) -> dict[str, bool]:
+        if not task_ids:
+            return {}
+        codes = self._run("revoke", [revoked_key(self.prefix)], ["check", *task_ids])
+        return {i: int(c) == 2 for i, c in zip(task_ids, codes, strict=True) if int(c)}
+
+    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+        check_positive("limit", limit)
+        period_us = check_positive("period", period) * 1e6
+        wait_us = self._run("rate", [rate_key(self.prefix, key)], [period_us / limit, period_us])
+        return int(wait_us) / 1e6
+
+    def slot_acquire(self, key: str, limit: int, holder: str, ttl: float) -> bool:
+        check_positive("limit", limit)
+        args = ["acquire", _ttl_ms(ttl), limit, holder]
+        return bool(int(self._run("slots", [slots_key(self.prefix, key)], args)))
+
+    def slot_renew(self, key: str, holders: Sequence[str], ttl: float) -> None:
+        ttl_ms = _ttl_ms(ttl)
+        if holders:
+            self._run("slots", [slots_key(self.prefix, key)], ["renew", ttl_ms, *holders])
+
+    def slot_release(self, key: str, holder: str) -> None:
+        self._run("slots", [slots_key(self.prefix, key)], ["release", holder])
+
+    def claim(self, key: str, owner: str, ttl: float) -> str | None:
+        args = ["claim", owner, _ttl_ms(ttl)]
+        current = self._run("claim", [claim_key(self.prefix, key)], args)
+        return None if current is None else as_str(current)
+
+    def release_claim(self, key: str, owner: str) -> bool:
+        args = ["release", owner]
+        return bool(int(self._run("claim", [claim_key(self.prefix, key)], args)))
+
+    def incr(self, key: str, ttl: float) -> int:
+        return int(self._run("incr", [counter_key(self.prefix, key)], [_ttl_ms(ttl)]))
 
     def close(self) -> None:
         self._conn.close()

@@ -13,11 +13,24 @@ runs on one Cluster slot; every key a script touches is passed in KEYS.
 | `P:{q}:wake` | list | wake-up tokens that sleeping consumers BLPOP (at most 64; emptied when nothing is ready) |
 | `P:{q}:seq` | string | counter for members (one per queue, kept) |
 | `P:queues` | set | names of queues ever published to (kept; for stats and reclaim) |
+| `P:revoked` | zset | task id -> revoked until (ms) x 2 + terminate (0/1) (each revoke drops the expired members; the key expires with its last member) |
+| `P:rate:<key>` | string | GCRA theoretical arrival time in us (PX: until it has passed) |
+| `P:slots:<key>` | zset | holder -> slot expiry in ms (every call drops the expired holders; the key expires with its last holder) |
+| `P:claim:<key>` | string | the owner of the claim (PX: the claim's ttl) |
+| `P:counter:<key>` | string | counter (PX: ttl from its last increment) |
 
 ``P`` is the prefix (default ``conveyor``). A member is the message's sequence
 number in its queue, zero-padded to 12 digits so equal scores sort FIFO. A
 delivery's token is ``member.fetches.random``: unique per delivery, and it
 names the member, so every settle call finds its record without a lookup.
+
+The coordination keys (``Broker.revoke`` to ``Broker.incr``) hold small records
+shared by every worker and producer. ``<key>`` is the caller's key as it is (a
+task name with dots, a unique key: any string). Each call is one script that
+touches exactly one key, so on Redis Cluster they need no hash tag (braces in a
+caller's key only choose that key's slot). Expiries are kept by the Redis server's
+clock (``TIME`` in the scripts, ``PX``), so the clocks of the machines calling
+them do not matter. Every key carries a TTL and is gone once its records expire.
 """
 
 from __future__ import annotations
@@ -65,3 +78,23 @@ def queues_key(prefix: str) -> str:
 def member_of(token: str) -> str:
     """The member a delivery token belongs to."""
     return token.split(".", 1)[0]
+
+
+def revoked_key(prefix: str) -> str:
+    return f"{prefix}:revoked"
+
+
+def rate_key(prefix: str, key: str) -> str:
+    return f"{prefix}:rate:{key}"
+
+
+def slots_key(prefix: str, key: str) -> str:
+    return f"{prefix}:slots:{key}"
+
+
+def claim_key(prefix: str, key: str) -> str:
+    return f"{prefix}:claim:{key}"
+
+
+def counter_key(prefix: str, key: str) -> str:
+    return f"{prefix}:counter:{key}"

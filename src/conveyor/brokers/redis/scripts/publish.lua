@@ -41,7 +41,14 @@ for q, group in pairs(per_queue) do
     group.records[#group.records + 1] = cmsgpack.pack(st)
   end
   redis.call('HSET', msg, unpack(group.records))
-  if #group.delayed > 0 then redis.call('ZADD', delayed, unpack(group.delayed)) end
+  if #group.delayed > 0 then
+    local earliest = group.delayed[1]
+    for j = 3, #group.delayed, 2 do
+      if tonumber(group.delayed[j]) < tonumber(earliest) then earliest = group.delayed[j] end
+    end
+    wake_if_earliest(delayed, wake_key, earliest)
+    redis.call('ZADD', delayed, unpack(group.delayed))
+  end
   if #group.ready > 0 then
     redis.call('ZADD', ready, unpack(group.ready))
     wake(wake_key, #group.ready / 2)

@@ -35,6 +35,7 @@ elseif action == 'retry' then
   st.con = false
   local eta = ARGV[4]
   if eta ~= '' and tonumber(eta) > now then
+    wake_if_earliest(KEYS[2], KEYS[5], eta)
     redis.call('ZADD', KEYS[2], eta, member)
   else
     st.ord = ready_score(st.p, now)
