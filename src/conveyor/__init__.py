@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from conveyor import states
 from conveyor.app import Celery, Conveyor
+from conveyor.canvas import Signature, chain, chord, group, signature
 from conveyor.exceptions import (
     BrokerUnavailable,
     ConfigurationError,
     ConveyorError,
     DecodeError,
     EncodeError,
+    MaxRetriesExceededError,
     NotRegistered,
+    Retry,
     SoftTimeLimitExceeded,
     TaskError,
     TaskRevokedError,
     TimeLimitExceeded,
     TimeoutError,
 )
-from conveyor.result import AsyncResult, EagerResult
+from conveyor.result import AsyncResult, EagerResult, GroupResult
 from conveyor.task import Request, Task
 
 __version__ = "0.1.0"
@@ -32,8 +35,12 @@ __all__ = [
     "DecodeError",
     "EagerResult",
     "EncodeError",
+    "GroupResult",
+    "MaxRetriesExceededError",
     "NotRegistered",
     "Request",
+    "Retry",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskError",
@@ -41,5 +48,9 @@ __all__ = [
     "TimeLimitExceeded",
     "TimeoutError",
     "__version__",
+    "chain",
+    "chord",
+    "group",
+    "signature",
     "states",
 ]

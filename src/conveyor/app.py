@@ -8,17 +8,19 @@ import importlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar, overload
 
+from conveyor import canvas, states
 from conveyor import message as wire
 from conveyor.backends import connect_backend
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import ResultBackend, ResultWrite
 from conveyor.brokers import connect_broker
 from conveyor.brokers.base import Broker, BrokerOptions, OutgoingMessage, check_priority
 from conveyor.config import Settings, import_object
-from conveyor.exceptions import ConfigurationError, NotRegistered
-from conveyor.result import AsyncResult
+from conveyor.exceptions import ConfigurationError, NotRegistered, TaskRevokedError
+from conveyor.result import AsyncResult, encode_failure
 from conveyor.task import Task, countdown_to_eta, expiry
 
 logger = logging.getLogger("conveyor.app")
@@ -40,6 +42,16 @@ _TASK_OPTIONS = frozenset(
         "time_limit",
         "soft_time_limit",
         "typing",
+        "autoretry_for",
+        "retry_kwargs",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "dead_letter_on_failure",
+        "concurrency_limit",
+        "unique_key",
+        "unique_for",
+        "unique_until",
     }
 )
 
@@ -244,6 +256,7 @@ class Conveyor:
                 nothing is published.
             ValueError: priority outside 0-9.
         """
+        headers = canvas.headers_from_options(headers, options)  # link, link_error, ...
         if options:
             raise TypeError(f"unexpected option(s) for {name}: {sorted(options)}")
         args = list(args or ())
@@ -271,12 +284,94 @@ class Conveyor:
             headers=dict(headers or {}),
         )
         body = wire.encode(msg)
-        self.broker.publish(OutgoingMessage(task_id, queue, body, priority, msg.eta))
+        self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta))
         return AsyncResult(task_id, self)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on a task's result by id."""
         return AsyncResult(task_id, self)
+
+    # -- canvas: signatures and batched publishing --------------------------------
+
+    #: Per thread: ``id(app)`` -> the messages of each open ``publishing()`` block.
+    _batches = threading.local()
+
+    def signature(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> canvas.Signature:
+        """A signature of the task ``name`` (it need not be registered here) on this app."""
+        return canvas.signature(name, args, kwargs, app=self, **options)
+
+    @contextmanager
+    def publishing(self) -> Iterator[list[OutgoingMessage]]:
+        """Hold the messages this thread sends through this app inside the block, and
+        publish them together when it ends (one ``publish_many``: all or none).
+
+        A block inside another adds its messages to the outer one; a block left by
+        an exception drops its own. Groups and chords send their tasks so; the list
+        yielded is what the block holds (to publish again if publishing failed).
+        """
+        stacks: dict[int, list[list[OutgoingMessage]]] = self._batches.__dict__.setdefault(
+            "stacks", {}
+        )
+        stack = stacks.setdefault(id(self), [])
+        held: list[OutgoingMessage] = []
+        stack.append(held)
+        try:
+            yield held
+        finally:
+            stack.pop()
+            if not stack:
+                del stacks[id(self)]
+        if stack:
+            stack[-1].extend(held)
+        elif held:
+            self.broker.publish_many(held)
+
+    def _publish(self, message: OutgoingMessage) -> None:
+        stack = getattr(self._batches, "stacks", {}).get(id(self))
+        if stack:
+            stack[-1].append(message)
+        else:
+            self.broker.publish(message)
+
+    def revoke(self, task_ids: str | list[str], *, terminate: bool = False) -> None:
+        """Never run these tasks, on any worker, also after workers restart: the revoke
+        is kept in the broker for ``task_revoke_expires`` seconds (a worker that
+        fetches one acknowledges it unrun and stores REVOKED). With ``terminate``, a
+        copy already running is stopped too (see docs/worker.md for how, per pool).
+
+        A task not finished yet is marked REVOKED at once.
+        """
+        ids = [task_ids] if isinstance(task_ids, str) else list(task_ids)
+        self.broker.revoke(ids, self.conf.task_revoke_expires, terminate=terminate)
+        for task_id in ids:
+            current = self.backend.get(task_id)
+            if current is None or current.state not in states.READY_STATES:
+                payload = encode_failure("", TaskRevokedError("revoked"), state=states.REVOKED)
+                self.backend.store(
+                    ResultWrite(task_id, states.REVOKED, payload, self.conf.result_expires)
+                )
+
+    @property
+    def control(self) -> Control:
+        """Celery's ``app.control``: ``app.control.revoke(ids, terminate=False)``."""
+        return Control(self)
+
+
+class Control:
+    """Celery's ``app.control``, for what conveyor keeps in the broker (revokes)."""
+
+    def __init__(self, app: Conveyor):
+        self.app = app
+
+    def revoke(self, task_id: str | list[str], terminate: bool = False, **_ignored: Any) -> None:
+        """See ``Conveyor.revoke``."""
+        self.app.revoke(task_id, terminate=terminate)
 
 
 #: Celery's name for the same class: ``from conveyor import Celery`` migrates an app.

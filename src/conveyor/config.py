@@ -315,6 +315,11 @@ _TABLE = (
             "On SIGTERM, seconds running tasks may take to finish before they are returned to "
             "the queue (under Kubernetes' 30 s grace period).",
             "Celery's warm shutdown waits for running tasks without a limit."),
+    Setting("task_revoke_expires", 86400.0, _seconds(), CONVEYOR_ONLY,
+            "Seconds a revoke is kept in the broker: a revoked task sent to run later than "
+            "that would run.",
+            "Celery keeps revokes in each worker's memory (lost when all workers restart) "
+            "unless a state file is configured per worker."),
     Setting("worker_autoscale_keepalive", 30.0, _seconds(zero_ok=True), CONVEYOR_ONLY,
             "With `worker --autoscale MAX,MIN`: seconds demand must stay below the pool's size "
             "before the pool shrinks (it grows at once).",

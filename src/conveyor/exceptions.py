@@ -13,11 +13,13 @@
     ├── TimeoutError (builtins.TimeoutError)   AsyncResult.get() ran out of time
     ├── TaskError                   a task failed remotely; its class cannot be imported here
     ├── TaskRevokedError            the task was revoked (or expired) and will not run
-    └── WorkerLostError             the process running the task died (stored as its failure)
+    ├── ChordError                  a chord's header task failed: its body does not run
+    ├── WorkerLostError             the process running the task died (stored as its failure)
+    └── MaxRetriesExceededError     ``self.retry()`` with no exception once retries ran out
 
     Control flow raised inside tasks (not failures):
     TaskControl
-    └── (Retry, Reject, Ignore arrive with the task-semantics work)
+    └── Retry                       raised by ``self.retry()``: run the task again later
 
     Raised inside a running task by the worker:
     SoftTimeLimitExceeded (Exception)   the task may catch it and clean up
@@ -88,12 +90,44 @@ class TaskRevokedError(ConveyorError):
     """The task was revoked, or expired before it could run."""
 
 
+class ChordError(ConveyorError):
+    """A task of a chord's header failed, so the body never runs: stored as the
+    body's failure (``get()`` on the chord's result raises it)."""
+
+
 class WorkerLostError(ConveyorError):
     """The process running the task died before reporting back."""
 
 
+class MaxRetriesExceededError(ConveyorError):
+    """``self.retry()`` was called without ``exc`` after the task's last retry."""
+
+
 class TaskControl(Exception):
     """Base of exceptions a task raises to steer its own handling."""
+
+
+class Retry(TaskControl):
+    """Raised by ``Task.retry``: the worker sends the task again, due at ``eta``
+    (a UNIX time), with ``args``/``kwargs`` and its retry count one higher.
+
+    ``exc`` is the exception that caused the retry (stored with the RETRY state).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        exc: BaseException | None = None,
+        eta: float,
+        args: list[object] | None = None,
+        kwargs: dict[str, object] | None = None,
+    ):
+        super().__init__(message or (f"retry: {exc!r}" if exc is not None else "retry"))
+        self.exc = exc
+        self.eta = eta
+        self.args_override = args
+        self.kwargs_override = kwargs
 
 
 class SoftTimeLimitExceeded(Exception):

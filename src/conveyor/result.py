@@ -8,6 +8,7 @@ import datetime as dt
 import sys
 import time
 import traceback as tb
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -20,6 +21,8 @@ from conveyor.exceptions import EncodeError, TaskError, TaskRevokedError, Timeou
 class _HasBackend(Protocol):
     @property
     def backend(self) -> ResultBackend: ...
+
+    def revoke(self, task_ids: str | list[str], *, terminate: bool = False) -> None: ...
 
 
 # -- payload -------------------------------------------------------------------
@@ -140,6 +143,9 @@ class AsyncResult:
     failed task's exception.
     """
 
+    #: The result of the step before this one in a chain (set by ``conveyor.canvas``).
+    parent: AsyncResult | GroupResult | None = None
+
     def __init__(
         self, id: str, app: _HasBackend | None = None, *, backend: ResultBackend | None = None
     ):
@@ -148,6 +154,7 @@ class AsyncResult:
                 raise TypeError("AsyncResult needs app= (or use app.AsyncResult(id))")
             backend = app.backend
         self.id = id
+        self.app = app
         self.backend = backend
         self._cache: StoredResult | None = None
 
@@ -277,6 +284,17 @@ class AsyncResult:
         self._cache = None
         self.backend.forget(self.id)
 
+    def revoke(self, terminate: bool = False, **_ignored: Any) -> None:
+        """Never run this task; with ``terminate``, also stop it if it is running.
+
+        See ``Conveyor.revoke``: the revoke is kept in the broker, so it holds on
+        every worker, also after they restart.
+        """
+        if self.app is None:
+            raise TypeError("revoke() needs the app: use app.AsyncResult(id).revoke()")
+        self._cache = None
+        self.app.revoke(self.id, terminate=terminate)
+
 
 class EagerResult(AsyncResult):
     """The result of a task run in the calling process (``task_always_eager``,
@@ -289,3 +307,130 @@ class EagerResult(AsyncResult):
 
     def forget(self) -> None:
         """Nothing is stored for an eager result."""
+
+
+# -- canvas: payload values and group results -------------------------------------
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """A stored payload as a dict: ``status``, ``result``, and for a failure
+    ``exc_type`` (``module.QualName``), ``exc_message``, ``traceback``."""
+    meta: dict[str, Any] = orjson.loads(payload)
+    return meta
+
+
+def payload_value(payload: bytes | None) -> Any:
+    """The return value a success payload holds (None for no payload)."""
+    return None if payload is None else decode_payload(payload).get("result")
+
+
+def failure_of(payload: bytes | None) -> tuple[str, str]:
+    """``(exception type, message)`` of a failure payload; built-in exceptions are
+    named without ``builtins.`` (``ValueError``), others ``module.QualName``."""
+    meta = decode_payload(payload) if payload is not None else {}
+    type_name = str(meta.get("exc_type") or "Exception").removeprefix("builtins.")
+    return type_name, str(meta.get("exc_message") or "")
+
+
+class GroupResult:
+    """The results of a ``group``'s tasks (or a chord's header), in the group's order.
+
+    ``results`` holds an ``AsyncResult`` per task (a chain's member: the result of
+    its last task; a nested group's: a ``GroupResult``).
+    """
+
+    #: The result of the step before the group in a chain, if any.
+    parent: AsyncResult | GroupResult | None = None
+
+    def __init__(self, id: str, results: list[AsyncResult | GroupResult] | None = None):
+        self.id = id
+        self.results: list[AsyncResult | GroupResult] = list(results or [])
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GroupResult) and (other.id, other.results) == (
+            self.id,
+            self.results,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult | GroupResult]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult | GroupResult:
+        return self.results[index]
+
+    @property
+    def children(self) -> list[AsyncResult | GroupResult]:
+        return self.results
+
+    def completed_count(self) -> int:
+        """How many of the tasks succeeded."""
+        return sum(1 for result in self.results if result.successful())
+
+    def ready(self) -> bool:
+        """True once every task succeeded, failed or was revoked."""
+        return all(result.ready() for result in self.results)
+
+    def waiting(self) -> bool:
+        """True while some task is not finished."""
+        return not self.ready()
+
+    def successful(self) -> bool:
+        """True if every task succeeded."""
+        return all(result.successful() for result in self.results)
+
+    def failed(self) -> bool:
+        """True if any task failed."""
+        return any(result.failed() for result in self.results)
+
+    def get(
+        self, timeout: float | None = None, propagate: bool = True, **_ignored: Any
+    ) -> list[Any]:
+        """Wait for every task; their values in the group's order.
+
+        Args:
+            timeout: seconds to wait for all of them together; None waits without limit.
+            propagate: re-raise the first failed task's exception (in the group's
+                order); with False its place in the list holds the exception.
+
+        Raises:
+            conveyor.exceptions.TimeoutError: not every task was ready in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for done, result in enumerate(self.results):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                values.append(result.get(timeout=left, propagate=propagate))
+            except TimeoutError:
+                raise TimeoutError(
+                    f"group {self.id}: {done} of {len(self.results)} results were ready "
+                    f"within {timeout} s"
+                ) from None
+        return values
+
+    join = get
+
+    async def aget(
+        self, timeout: float | None = None, propagate: bool = True, **_ignored: Any
+    ) -> list[Any]:
+        """``get`` for async code (each wait as ``AsyncResult.aget`` does it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(await result.aget(timeout=left, propagate=propagate))
+        return values
+
+    def forget(self) -> None:
+        """Delete every task's stored result."""
+        for result in self.results:
+            result.forget()

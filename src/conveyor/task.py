@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import datetime as dt
 import inspect
+import random
 import threading
 import time
 import uuid
@@ -13,10 +14,12 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultWrite
+from conveyor.canvas import Signature, eager_callbacks
+from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from conveyor.result import AsyncResult, EagerResult, encode_failure, encode_success
 
 if TYPE_CHECKING:
@@ -132,6 +135,16 @@ class Task(Generic[P, R]):
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         typing: bool = True,
+        autoretry_for: tuple[type[BaseException], ...] = (),
+        retry_kwargs: dict[str, Any] | None = None,
+        retry_backoff: bool | float = False,
+        retry_backoff_max: float = 600.0,
+        retry_jitter: bool = True,
+        dead_letter_on_failure: bool = False,
+        concurrency_limit: int | None = None,
+        unique_key: Callable[..., str] | None = None,
+        unique_for: float = 3600.0,
+        unique_until: str = "finished",
     ):
         self.app = app
         self.run = fun
@@ -148,6 +161,21 @@ class Task(Generic[P, R]):
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
         self.typing = typing
+        self.autoretry_for = tuple(autoretry_for)
+        self.retry_kwargs = dict(retry_kwargs or {})
+        unknown = set(self.retry_kwargs) - {"max_retries", "countdown"}
+        if unknown:
+            raise TypeError(f"retry_kwargs takes max_retries and countdown, not {sorted(unknown)}")
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        self.retry_jitter = retry_jitter
+        self.dead_letter_on_failure = dead_letter_on_failure
+        if concurrency_limit is not None and concurrency_limit < 1:
+            raise ValueError(f"concurrency_limit must be at least 1, not {concurrency_limit}")
+        self.concurrency_limit = concurrency_limit
+        self.unique_key = unique_key
+        self.unique_for = unique_for
+        self.unique_until = check_unique_until(unique_until)
         self.is_async = inspect.iscoroutinefunction(fun)
         self.__name__ = getattr(fun, "__name__", name)
         self.__qualname__ = getattr(fun, "__qualname__", name)
@@ -187,6 +215,75 @@ class Task(Generic[P, R]):
         call_args: tuple[Any, ...] = (self, *args) if self.bind else args
         return self.run(*call_args, **kwargs)
 
+    # -- retrying ----------------------------------------------------------------
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | dt.timedelta | None = None,
+        eta: dt.datetime | float | None = None,
+        max_retries: int | None = None,
+        **_options: Any,
+    ) -> NoReturn:
+        """Run this task again later: ``raise self.retry(exc=exc, countdown=10)``.
+
+        Raises ``Retry``, which the worker turns into a new delivery due at ``eta``
+        (default: ``default_retry_delay`` seconds from now) through the broker's
+        delayed store, so no worker slot waits for it; the state is RETRY until then.
+        Once ``max_retries`` retries have run, raises ``exc`` instead (or
+        ``MaxRetriesExceededError`` without one), so the task fails with it.
+
+        Args:
+            args, kwargs: the next run's arguments (default: this run's).
+            exc: the exception that made the task retry.
+            countdown, eta: when the next run is due.
+            max_retries: override the task's ``max_retries`` (None: no limit there).
+        """
+        request = self.request
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{request.id}] already retried {request.retries} times "
+                f"(max_retries={limit})"
+            )
+        if countdown is None and eta is None:
+            countdown = self.default_retry_delay
+        due = countdown_to_eta(countdown, eta)
+        raise Retry(
+            exc=exc,
+            eta=due if due is not None else time.time(),
+            args=None if args is None else list(args),
+            kwargs=None if kwargs is None else dict(kwargs),
+        )
+
+    def autoretry(self, exc: BaseException) -> Retry | None:
+        """The Retry that ``autoretry_for`` makes of ``exc`` in the running task, or None
+        (not one of those exceptions, or no retries left: the task fails with ``exc``)."""
+        if not self.autoretry_for or not isinstance(exc, self.autoretry_for):
+            return None
+        retries = self.request.retries
+        limit = self.retry_kwargs.get("max_retries", self.max_retries)
+        if limit is not None and retries >= limit:
+            return None
+        countdown = self.retry_kwargs.get("countdown")
+        if countdown is None:
+            countdown = self.backoff(retries) if self.retry_backoff else self.default_retry_delay
+        return Retry(exc=exc, eta=time.time() + float(countdown))
+
+    def backoff(self, retries: int) -> float:
+        """Seconds before retry number ``retries + 1`` with ``retry_backoff``: ``factor *
+        2 ** retries`` capped at ``retry_backoff_max`` (factor: ``retry_backoff`` if it
+        is a number, else 1), then with ``retry_jitter`` a uniform draw below that
+        ("full jitter", as Celery does)."""
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(factor * 2.0**retries, self.retry_backoff_max)
+        return random.uniform(0.0, delay) if self.retry_jitter else delay
+
     # -- sending -----------------------------------------------------------------
 
     def check_arguments(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
@@ -217,6 +314,9 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         task_id: str | None = None,
         ignore_result: bool | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
+        unique_until: str | None = None,
         **options: Any,
     ) -> AsyncResult:
         """Send the task to a worker.
@@ -228,6 +328,16 @@ class Task(Generic[P, R]):
             queue, priority: override the routing (priority 0-9, higher first).
             task_id: use this id instead of a new one.
             ignore_result: store no result for this call.
+            link, link_error: signatures (or lists) sent once this task succeeded (its
+                return value as first argument) or failed for good (with
+                ``(task_id, exc_type, message)``); see docs/canvas.md.
+            unique_key: while a task sent with this key is queued or running (see
+                ``unique_until``; at most ``unique_for`` seconds), sending another
+                enqueues nothing and returns the first one's result handle. Default:
+                the task's ``unique_key(*args, **kwargs)`` if it has one.
+            unique_for: seconds the key is held at most [the task's, 3600].
+            unique_until: ``finished`` (the key is freed when the task ends) or
+                ``started`` (when a worker starts it) [the task's, ``finished``].
 
         Raises:
             TypeError: the arguments do not fit the task function.
@@ -237,7 +347,61 @@ class Task(Generic[P, R]):
         kwargs = dict(kwargs or {})
         self.check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
-            return self.apply(args, kwargs, task_id=task_id)
+            return self.apply(args, kwargs, task_id=task_id, **options)
+        if unique_key is None and self.unique_key is not None:
+            unique_key = str(self.unique_key(*args, **kwargs))
+        if unique_key is not None:
+            task_id = task_id or str(uuid.uuid4())
+            mode = check_unique_until(unique_until or self.unique_until)
+            claim = unique_claim_key(unique_key)
+            ttl = self.unique_for if unique_for is None else unique_for
+            holder = self.app.broker.claim(claim, task_id, ttl)
+            if holder is not None and holder != task_id:
+                return AsyncResult(holder, self.app)
+            headers = {**options.pop("headers", {}), UNIQUE_KEY: unique_key, UNIQUE_UNTIL: mode}
+            try:
+                return self._send(
+                    args,
+                    kwargs,
+                    countdown,
+                    eta,
+                    expires,
+                    queue,
+                    priority,
+                    task_id,
+                    ignore_result,
+                    headers=headers,
+                    **options,
+                )
+            except BaseException:
+                self.app.broker.release_claim(claim, task_id)  # nothing was sent
+                raise
+        return self._send(
+            args,
+            kwargs,
+            countdown,
+            eta,
+            expires,
+            queue,
+            priority,
+            task_id,
+            ignore_result,
+            **options,
+        )
+
+    def _send(
+        self,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        countdown: float | dt.timedelta | None,
+        eta: dt.datetime | float | None,
+        expires: dt.datetime | dt.timedelta | float | None,
+        queue: str | None,
+        priority: int | None,
+        task_id: str | None,
+        ignore_result: bool | None,
+        **options: Any,
+    ) -> AsyncResult:
         return self.app.send_task(
             self.name,
             args,
@@ -251,6 +415,46 @@ class Task(Generic[P, R]):
             ignore_result=self.ignore_result if ignore_result is None else ignore_result,
             **options,
         )
+
+    # -- sending when a database transaction commits -------------------------------
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """``delay``, once the surrounding Django database transaction commits (at once
+        outside a transaction); nothing is sent if it rolls back. See
+        ``apply_async_on_commit``."""
+        self.apply_async_on_commit(args, kwargs)
+
+    def apply_async_on_commit(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        using: str | None = None,
+        **options: Any,
+    ) -> None:
+        """``apply_async`` once the current Django transaction (of database ``using``)
+        commits, as Celery 5.4's: the task never runs on data its caller rolled back,
+        nor before that data is visible to the worker. Returns None (as Celery): the
+        task is not sent yet; pass ``task_id=`` to know its id in advance.
+
+        The arguments are checked now, so a bad call fails here, not at commit.
+        For SQLAlchemy sessions, see docs/tasks.md.
+
+        Raises:
+            TypeError: the arguments do not fit the task function.
+            conveyor.exceptions.ConfigurationError: Django is not installed.
+        """
+        try:
+            from django.db import transaction  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise ConfigurationError(
+                "apply_async_on_commit needs Django (pip install django); for SQLAlchemy, "
+                "send from an after_commit listener (docs/tasks.md)"
+            ) from exc
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        self.check_arguments(args, kwargs)
+        transaction.on_commit(lambda: self.apply_async(args, kwargs, **options), using=using)
 
     # -- sending from async code ----------------------------------------------------
     #
@@ -303,25 +507,81 @@ class Task(Generic[P, R]):
         task_id = task_id or str(uuid.uuid4())
         args = list(args or ())
         kwargs = dict(kwargs or {})
-        request = Request(id=task_id, task=self.name, args=args, kwargs=kwargs, is_eager=True)
-        with request_context(request):
-            try:
-                value = self(*args, **kwargs)
-            except Exception as exc:
-                if self.app.conf.task_eager_propagates:
-                    raise
-                state, payload = states.FAILURE, encode_failure(self.name, exc)
-            else:
-                state, payload = states.SUCCESS, encode_success(self.name, value)
+        retries = 0
+        while True:  # an eager retry runs again at once, as in Celery
+            request = Request(
+                id=task_id, task=self.name, args=args, kwargs=kwargs, retries=retries, is_eager=True
+            )
+            with request_context(request):
+                try:
+                    value = self(*args, **kwargs)
+                except Exception as exc:
+                    again = exc if isinstance(exc, Retry) else self.autoretry(exc)
+                    if again is not None:
+                        args = again.args_override if again.args_override is not None else args
+                        kwargs = (
+                            again.kwargs_override if again.kwargs_override is not None else kwargs
+                        )
+                        retries += 1
+                        continue
+                    if self.app.conf.task_eager_propagates:
+                        raise
+                    state, payload = states.FAILURE, encode_failure(self.name, exc)
+                else:
+                    state, payload = states.SUCCESS, encode_success(self.name, value)
+            break
         if self.app.conf.task_store_eager_result and not self.ignore_result:
             self.app.backend.store(
                 ResultWrite(task_id, state, payload, self.app.conf.result_expires)
             )
-        return EagerResult(task_id, state, payload)
+        result = EagerResult(task_id, state, payload)
+        return eager_callbacks(self.app, result, _options) if _options else result
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on the result of an earlier call of this task."""
         return AsyncResult(task_id, self.app)
+
+    # -- canvas --------------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with partial arguments: ``add.s(2)``; in a chain
+        the previous task's return value comes before them."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it ignores the arguments it is called with (such as
+        a previous task's return value)."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """A signature with arguments and options (``queue``, ``countdown``,
+        ``immutable``, ...): ``add.signature((2, 2), countdown=10)``."""
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self, args, kwargs, options, immutable=immutable)
+
+    subtask = signature
+
+
+#: Headers of a unique task's message: its key, and when a worker frees it.
+UNIQUE_KEY = "unique_key"
+UNIQUE_UNTIL = "unique_until"
+
+
+def unique_claim_key(key: str) -> str:
+    """The coordination-store key a unique task's ``unique_key`` is claimed under."""
+    return f"unique:{key}"
+
+
+def check_unique_until(mode: str) -> str:
+    """``unique_until``: ``finished`` (the default) or ``started``."""
+    if mode not in ("finished", "started"):
+        raise ValueError(f"unique_until must be 'finished' or 'started', not {mode!r}")
+    return mode
 
 
 def countdown_to_eta(

@@ -106,8 +106,12 @@ def test_the_public_api_is_exactly_this() -> None:
         "DecodeError",
         "EagerResult",
         "EncodeError",
+        "GroupResult",
+        "MaxRetriesExceededError",
         "NotRegistered",
         "Request",
+        "Retry",
+        "Signature",
         "SoftTimeLimitExceeded",
         "Task",
         "TaskError",
@@ -115,6 +119,10 @@ def test_the_public_api_is_exactly_this() -> None:
         "TimeLimitExceeded",
         "TimeoutError",
         "__version__",
+        "chain",
+        "chord",
+        "group",
+        "signature",
         "states",
     ]
     for name in conveyor.__all__:
@@ -326,8 +334,8 @@ def test_a_priority_outside_0_to_9_is_a_value_error_at_send(app: Conveyor) -> No
 
 def test_an_unknown_send_option_is_a_type_error(app: Conveyor) -> None:
     task = app.task(add)
-    with pytest.raises(TypeError, match="link"):
-        task.apply_async((1, 2), link="other")
+    with pytest.raises(TypeError, match="not_an_option"):
+        task.apply_async((1, 2), not_an_option="other")
     assert stats(app) == QueueStats("celery")
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultWrite
-from conveyor.brokers.base import Delivery, Disposition
+from conveyor.brokers.base import Delivery, Disposition, OutgoingMessage
 from conveyor.exceptions import (
     BackendError,
     BrokerError,
@@ -40,9 +40,11 @@ from conveyor.exceptions import (
 )
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
+from conveyor.worker.admission import Admission
 from conveyor.worker.autoscale import KEEPALIVE, Autoscaler
+from conveyor.worker.callbacks import Callbacks
 from conveyor.worker.heartbeat import Heartbeat
-from conveyor.worker.job import LOST, TIMED_OUT, Job, JobRunner, Outcome
+from conveyor.worker.job import LOST, TERMINATED, TIMED_OUT, Job, JobRunner, Outcome
 from conveyor.worker.limits import PoolLimits
 from conveyor.worker.liveness import HeartbeatFile
 from conveyor.worker.logs import task_extra
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("conveyor.worker")
 
 _STOP = object()
+#: Seconds between two checks of running tasks for revokes with terminate=True.
+REVOKE_CHECK_EVERY = 0.5
 #: Queued for the settler, in place of an outcome, when an acks-early job starts.
 _EARLY_ACK = Outcome("EARLY_ACK")
 T = TypeVar("T")
@@ -115,6 +119,10 @@ class Worker:
             else None
         )
         self.pool.on_start = self._on_start
+        self.callbacks = Callbacks(app, self.hostname)
+        self.admission = Admission(
+            self.broker, app.conf.task_default_rate_limit, self.broker.options.lease_seconds
+        )
         self._cond = threading.Condition()
         self._held: dict[str, Job] = {}  # token -> job, everything not yet settled
         self._outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -122,7 +130,9 @@ class Worker:
         self._shutdown = threading.Event()
         self._cold = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.heartbeat = Heartbeat(self.broker, self.held_deliveries, self._lease_lost)
+        self.heartbeat = Heartbeat(
+            self.broker, self.held_deliveries, self._lease_lost, self._renew_slots
+        )
         self.exit_code = 0
         # The fetch loop stamps this whenever it is healthy (fetched, or full and
         # waiting for a slot); the watchdog restarts a loop that stops stamping.
@@ -137,6 +147,7 @@ class Worker:
         """Start the pool and the worker threads (the pool first: prefork forks)."""
         self.pool.start()
         self._threads = [self._start_fetcher(), self._spawn(self._settle_loop, "conveyor-settler")]
+        self._spawn(self._watch_revokes, "conveyor-revokes")
         self.heartbeat.start()
 
     @staticmethod
@@ -236,6 +247,38 @@ class Worker:
             if not job.acked and self.broker.release(job.delivery):
                 logger.info("returned %s to the queue (%s)", job.label, why)
 
+    def _watch_revokes(self) -> None:
+        """Stop running tasks revoked with terminate=True (checked twice a second, one
+        round trip for everything running, only while something runs)."""
+        stopped: set[str] = set()
+        while not self._shutdown.wait(REVOKE_CHECK_EVERY):
+            running = self.pool.running()
+            if not running:
+                stopped.clear()
+                continue
+            try:
+                revoked = self.broker.revoked([job.message.id for job in running])
+            except Exception as exc:
+                logger.debug("could not check running tasks for revokes: %s", exc)
+                continue
+            for job in running:
+                token = job.delivery.token
+                if revoked.get(job.message.id) and token not in stopped:
+                    stopped.add(token)
+                    if not self.pool.terminate(job):
+                        logger.warning(
+                            "%s was revoked with terminate=True, but the %s pool cannot "
+                            "stop it: it runs to its end",
+                            job.label,
+                            self.pool.name,
+                        )
+
+    def _renew_slots(self) -> None:
+        with self._cond:
+            held = [(j.message.task, j.delivery) for j in self._held.values()]
+        tasks = self.app.tasks
+        self.admission.renew([(tasks[name], d) for name, d in held if name in tasks])
+
     def held_deliveries(self) -> list[Delivery]:
         with self._cond:
             return [job.delivery for job in self._held.values() if not job.acked]
@@ -272,18 +315,24 @@ class Worker:
                 continue
             backoff = 0.1
             self.fetch_alive = time.monotonic()
+            try:
+                revoked = self.admission.revoked(deliveries)
+            except Exception:
+                # Unchecked messages must not run: their leases expire and they come back.
+                logger.exception("could not check %d messages for revokes", len(deliveries))
+                continue
             for i, delivery in enumerate(deliveries):
                 if self._stop_fetching.is_set():
                     for rest in deliveries[i:]:
                         self.broker.release(rest)
                     return
                 try:
-                    self._accept(delivery)
+                    self._accept(delivery, delivery.id in revoked)
                 except Exception:
                     # Not held: its lease expires and another delivery retries it.
                     logger.exception("could not accept message %s", delivery.id)
 
-    def _accept(self, delivery: Delivery) -> None:
+    def _accept(self, delivery: Delivery, revoked: bool = False) -> None:
         try:
             msg = decode(delivery.body)
         except DecodeError as exc:
@@ -308,12 +357,21 @@ class Worker:
             track_started=track,
             soft_time_limit=soft,
             time_limit=hard,
+            dead_letter_on_failure=task.dead_letter_on_failure,
         )
         if msg.expires is not None and time.time() > msg.expires:
-            self.broker.ack([delivery])
-            logger.info("%s expired before it could run; not run", job.label)
-            self._store(job, states.REVOKED, TaskRevokedError("expired"))
+            self._refuse(job, "expired", "expired before it could run; not run")
             return
+        if revoked:
+            self._refuse(job, "revoked", "revoked; not run")
+            return
+        verdict = self.admission.admit(task, delivery)
+        if not verdict.run:
+            # waits in the broker's delayed store, not in a slot; not a retry of the task
+            if self.broker.retry(delivery, delivery.body, verdict.retry_at):
+                logger.debug("%s held back (%s)", job.label, verdict.why)
+            return
+        self.admission.release_unique(msg.headers, msg.id, "started")
         with self._cond:
             self._held[delivery.token] = job
         if logger.isEnabledFor(logging.INFO):
@@ -323,6 +381,14 @@ class Worker:
                 demand = len(self._held)
             self.autoscaler.update(demand)  # grow before submitting: the job starts at once
         self.pool.submit(job)
+
+    def _refuse(self, job: Job, reason: str, log: str) -> None:
+        """Settle a message that must not run: acked, REVOKED stored, unique key freed."""
+        self.broker.ack([job.delivery])
+        logger.info("%s %s", job.label, log)
+        self._store(job, states.REVOKED, TaskRevokedError(reason))
+        self.admission.release_unique(job.message.headers, job.message.id, "started")
+        self.admission.release_unique(job.message.headers, job.message.id, "finished")
 
     def _reject(self, delivery: Delivery, task_id: str | None, name: str, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -335,11 +401,15 @@ class Worker:
             )
 
     def _store(self, job: Job, state: str, exc: Exception) -> None:
+        """Store a job's end that is not its task's own (revoked, expired, lost for good),
+        and let its canvas callbacks know it failed (error callbacks, its chord)."""
+        payload = encode_failure(job.message.task, exc, state=state, worker=self.hostname)
         if job.store_result:
-            payload = encode_failure(job.message.task, exc, state=state, worker=self.hostname)
             self.backend.store(
                 ResultWrite(job.message.id, state, payload, self.app.conf.result_expires)
             )
+        summary = f"{type(exc).__name__}: {exc}"
+        self.callbacks.after_settled([(job, Outcome(states.FAILURE, payload, 0.0, summary))])
 
     # -- settling ------------------------------------------------------------------
 
@@ -369,6 +439,9 @@ class Worker:
                 else:
                     batch.append(item)  # type: ignore[arg-type]
             early = [job for job, outcome in batch if outcome is _EARLY_ACK]
+            for job, outcome in batch:
+                if outcome is not _EARLY_ACK:
+                    self._release_admission(job, outcome)
             if early:
                 batch = [(job, outcome) for job, outcome in batch if outcome is not _EARLY_ACK]
                 self._ack_early(early)
@@ -386,6 +459,16 @@ class Worker:
                         self._cond.notify_all()
             if stop:
                 return
+
+    def _release_admission(self, job: Job, outcome: Outcome) -> None:
+        """Give back the job's concurrency slot; free its unique key once it has ended
+        for good (not when it retries, nor when it is lost and may run again)."""
+        try:
+            self.admission.finished(self.app.tasks.get(job.message.task), job.delivery)
+            if outcome.state not in (LOST, states.RETRY):
+                self.admission.release_unique(job.message.headers, job.message.id, "finished")
+        except Exception:
+            logger.exception("could not release the limits held by %s", job.label)
 
     def _ack_early(self, jobs: list[Job]) -> None:
         try:
@@ -422,14 +505,24 @@ class Worker:
             return result
 
     def _settle(self, batch: list[tuple[Job, Outcome]]) -> None:
-        batch = [
-            (j, self._time_limit_failure(j, o) if o.state == TIMED_OUT else o) for j, o in batch
+        batch = [(j, self._pseudo_outcome(j, o)) for j, o in batch]
+        finished = [(j, o) for j, o in batch if o.state not in (LOST, states.RETRY)]
+        # dead_letter_on_failure: a failure for good goes to the dead letters, not away
+        dead = [
+            j
+            for j, o in finished
+            if o.state == states.FAILURE and j.dead_letter_on_failure and j.acks_late
         ]
-        finished = [(j, o) for j, o in batch if o.state != LOST]
-        late = [j.delivery for j, _ in finished if j.acks_late]
+        dead_tokens = {j.delivery.token for j in dead}
+        late = [
+            j.delivery for j, _ in finished if j.acks_late and j.delivery.token not in dead_tokens
+        ]
         acks = self._through_outage("ack", lambda: self.broker.ack(late)) if late else []
         accepted = dict(zip((d.token for d in late), acks, strict=True))
+        for job in dead:
+            accepted[job.delivery.token] = self._dead_letter_failure(job)
         writes: list[ResultWrite] = []
+        settled: list[tuple[Job, Outcome]] = []
         expires = self.app.conf.result_expires
         for job, outcome in finished:
             if not accepted.get(job.delivery.token, True):
@@ -450,11 +543,61 @@ class Worker:
                 )
             if outcome.payload is not None and job.store_result:
                 writes.append(ResultWrite(job.message.id, outcome.state, outcome.payload, expires))
+            settled.append((job, outcome))
         if writes:
             self._through_outage("storing results", lambda: self.backend.store_many(writes))
+        if settled:
+            self.callbacks.after_settled(settled)
         for job, outcome in batch:
             if outcome.state == LOST:
                 self._settle_lost(job, outcome)
+            elif outcome.state == states.RETRY:
+                self._settle_retry(job, outcome)
+
+    def _dead_letter_failure(self, job: Job) -> bool:
+        reason = f"failed after {job.message.retries} retries (dead_letter_on_failure)"
+        moved = self._through_outage(
+            "dead-lettering", lambda: self.broker.dead_letter(job.delivery, reason)
+        )
+        if moved:
+            logger.error("%s moved to the dead letters: %s", job.label, reason)
+        return moved
+
+    def _settle_retry(self, job: Job, outcome: Outcome) -> None:
+        """Send the next run through the broker's delayed store (no slot waits for it).
+
+        The RETRY state is stored first: the next run, once due, may finish at once,
+        and its result must not be overwritten by this one's.
+        """
+        body, eta = outcome.retry_body, outcome.retry_eta
+        assert body is not None
+        msg = job.message
+        if job.store_result and outcome.payload is not None:
+            write = ResultWrite(msg.id, states.RETRY, outcome.payload, self.app.conf.result_expires)
+            self._through_outage("storing results", lambda: self.backend.store(write))
+        if job.acks_late and not job.acked:
+            # fenced: replaces the in-flight message, due at eta, delivery count reset
+            if not self._through_outage(
+                "retry", lambda: self.broker.retry(job.delivery, body, eta)
+            ):
+                logger.warning("%s asked to retry after its lease was lost: dropped", job.label)
+                return
+        else:  # acknowledged already: the next run is a new message
+            outgoing = OutgoingMessage(msg.id, msg.queue, body, msg.priority, eta)
+            self._through_outage("retry", lambda: self.broker.publish(outgoing))
+        logger.info("%s %s", job.label, outcome.summary, extra=task_extra(msg.task, msg.id))
+
+    def _pseudo_outcome(self, job: Job, outcome: Outcome) -> Outcome:
+        """What a pool's own verdict (TIMED_OUT, TERMINATED) is stored as."""
+        if outcome.state == TIMED_OUT:
+            return self._time_limit_failure(job, outcome)
+        if outcome.state == TERMINATED:
+            exc = TaskRevokedError(outcome.summary)
+            payload = encode_failure(
+                job.message.task, exc, state=states.REVOKED, worker=self.hostname
+            )
+            return Outcome(states.REVOKED, payload, outcome.runtime, f"TaskRevokedError: {exc}")
+        return outcome
 
     def _time_limit_failure(self, job: Job, outcome: Outcome) -> Outcome:
         """A job its pool ended at the hard limit: a FAILURE to store and acknowledge

@@ -26,10 +26,14 @@ class Heartbeat:
         broker: Broker,
         held: Callable[[], list[Delivery]],
         on_lost: Callable[[str], None],
+        also: Callable[[], None] | None = None,
     ):
+        """``also`` is called after each renewal: more to keep alive at the same pace
+        (the concurrency slots of running tasks)."""
         self.broker = broker
         self.held = held
         self.on_lost = on_lost
+        self.also = also
         lease = broker.options.lease_seconds
         self.renew_every = lease / 3
         # Reclaim often enough that a dead worker's tasks come back soon after
@@ -79,6 +83,8 @@ class Heartbeat:
         if deliveries:
             for message_id in self.broker.renew(deliveries):
                 self.on_lost(message_id)
+        if self.also is not None:
+            self.also()
 
     def reclaim(self) -> None:
         for item in self.broker.reclaim():

@@ -9,6 +9,7 @@ delivery is the consumer's job, in the parent, fenced by the delivery token.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import traceback
@@ -18,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 from conveyor import states
 from conveyor.backends.base import ResultWrite
 from conveyor.brokers.base import Delivery
-from conveyor.exceptions import EncodeError, SoftTimeLimitExceeded, TimeLimitExceeded
-from conveyor.message import Message
+from conveyor.exceptions import (
+    EncodeError,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
+from conveyor.message import Message, encode
 from conveyor.result import encode_failure, encode_state, encode_success
 from conveyor.task import Request, Task, from_timestamp, request_context
 from conveyor.worker.limits import interruptible
@@ -34,6 +41,9 @@ LOST = "LOST"
 #: Outcome state of a job its pool ended at its hard time limit (the consumer records
 #: it as a FAILURE with TimeLimitExceeded and acknowledges it).
 TIMED_OUT = "TIMED_OUT"
+#: Outcome state of a job its pool stopped because it was revoked with terminate (the
+#: consumer records it as REVOKED and acknowledges it).
+TERMINATED = "TERMINATED"
 
 
 @dataclass(slots=True)
@@ -51,6 +61,8 @@ class Job:
     time_limit: float | None = None
     #: Acknowledged as it started (acks early): no longer renewed nor given back.
     acked: bool = False
+    #: A failure for good goes to the dead letters (the task's option).
+    dead_letter_on_failure: bool = False
     received_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -66,6 +78,9 @@ class Outcome:
     payload: bytes | None = None
     runtime: float = 0.0
     summary: str = ""
+    #: For state RETRY: the next run's message body and when it is due (UNIX time).
+    retry_body: bytes | None = None
+    retry_eta: float | None = None
 
 
 def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
@@ -80,7 +95,7 @@ def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
             with interruptible(job):
                 value: Any = run.task(*job.message.args, **job.message.kwargs)
         except Exception as exc:
-            return run.failed(exc)
+            return run.raised(exc)
     return run.succeeded(value)
 
 
@@ -97,9 +112,9 @@ async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
             if soft.expired():
                 limit = SoftTimeLimitExceeded(f"soft time limit of {job.soft_time_limit} s")
                 return run.failed(limit.with_traceback(exc.__traceback__))
-            return run.failed(exc)
+            return run.raised(exc)
         except Exception as exc:
-            return run.failed(exc)
+            return run.raised(exc)
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -174,6 +189,35 @@ class _Run:
         run.started = time.perf_counter()
         return run
 
+    def raised(self, exc: Exception) -> Outcome:
+        """The outcome of a task that raised ``exc``: a retry (``self.retry()``, or an
+        exception in ``autoretry_for`` with retries left), else a failure. Called
+        while the task's request is current."""
+        retry = exc if isinstance(exc, Retry) else self.task.autoretry(exc)
+        if retry is None:
+            return self.failed(exc)
+        msg = self.job.message
+        following = dataclasses.replace(
+            msg,
+            args=retry.args_override if retry.args_override is not None else msg.args,
+            kwargs=retry.kwargs_override if retry.kwargs_override is not None else msg.kwargs,
+            retries=msg.retries + 1,
+            eta=retry.eta,
+        )
+        cause = retry.exc if retry.exc is not None else retry
+        payload = encode_failure(
+            msg.task, cause, state=states.RETRY, worker=self.hostname, retries=msg.retries
+        )
+        delay = max(0.0, retry.eta - time.time())
+        return Outcome(
+            states.RETRY,
+            payload,
+            time.perf_counter() - self.started,
+            f"retry {msg.retries + 1} in {delay:.2f} s: {type(cause).__name__}: {cause}",
+            retry_body=encode(following),
+            retry_eta=retry.eta,
+        )
+
     def failed(self, exc: BaseException) -> Outcome:
         """The outcome of a task that raised ``exc``."""
         runtime = time.perf_counter() - self.started
@@ -182,12 +226,16 @@ class _Run:
                 exc.args = (f"soft time limit ({self.job.soft_time_limit} s) exceeded",)
             elif isinstance(exc, TimeLimitExceeded):
                 exc.args = (f"hard time limit ({self.job.time_limit} s) exceeded",)
+            elif isinstance(exc, TaskRevokedError):
+                exc.args = ("revoked with terminate=True while it ran",)
         msg = self.job.message
         text = "".join(traceback.format_exception(exc))
+        # revoked with terminate while it ran (threads, solo: raised inside the task)
+        state = states.REVOKED if isinstance(exc, TaskRevokedError) else states.FAILURE
         payload = encode_failure(
-            msg.task, exc, traceback=text, worker=self.hostname, retries=msg.retries
+            msg.task, exc, state=state, traceback=text, worker=self.hostname, retries=msg.retries
         )
-        return Outcome(states.FAILURE, payload, runtime, f"{type(exc).__name__}: {exc}")
+        return Outcome(state, payload, runtime, f"{type(exc).__name__}: {exc}")
 
     def succeeded(self, value: Any) -> Outcome:
         """The outcome of a task that returned ``value`` (FAILURE if it is not JSON)."""

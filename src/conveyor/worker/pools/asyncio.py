@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from conveyor.worker.job import LOST, Job, Outcome
+from conveyor.worker.job import LOST, TERMINATED, Job, Outcome
 from conveyor.worker.limits import HARD_GRACE, Deadlines, PoolLimits
 from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread, timed_out
 
@@ -67,6 +67,9 @@ class AsyncioPool(Pool):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._threads = _DaemonThreads(concurrency, "conveyor-asyncio-sync")
+        # on the loop only: each running job's asyncio task, and those being terminated
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._terminating: set[str] = set()
         # sync tasks in the pool's threads: both limits raised in the thread (best effort);
         # ``_outlast`` abandons one still running a grace period after its hard limit
         self._deadlines = Deadlines()
@@ -110,6 +113,24 @@ class AsyncioPool(Pool):
 
     # -- jobs ------------------------------------------------------------------------
 
+    def terminate(self, job: Job) -> bool:
+        """Cancel a running ``async def`` job (a sync one cannot be stopped: False)."""
+        if self._async is None or not self._async.is_async(job):
+            return False
+        with self._lock:
+            if job not in self._running or self._stopping or self._loop is None:
+                return False
+            loop = self._loop
+
+        def cancel() -> None:
+            task = self._tasks.get(job.delivery.token)
+            if task is not None and not task.done():
+                self._terminating.add(job.delivery.token)
+                task.cancel()
+
+        loop.call_soon_threadsafe(cancel)
+        return True
+
     def resize(self, concurrency: int) -> int:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -146,7 +167,8 @@ class AsyncioPool(Pool):
                 job = self._pending.popleft()
                 self._running.append(job)
             self.on_start(job)
-            asyncio.get_running_loop().create_task(self._run(job), name=job.label)
+            task = asyncio.get_running_loop().create_task(self._run(job), name=job.label)
+            self._tasks[job.delivery.token] = task
 
     async def _run(self, job: Job) -> None:
         try:
@@ -156,10 +178,21 @@ class AsyncioPool(Pool):
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._threads, self._run_sync, job)
                 outcome = await (future if job.time_limit is None else self._outlast(future, job))
+        except asyncio.CancelledError:
+            if job.delivery.token not in self._terminating or self._stopping:
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            logger.warning("%s revoked: cancelled", job.label)
+            outcome = Outcome(TERMINATED, summary="revoked with terminate=True; cancelled")
         except Exception as exc:
             # execute reports task errors in its outcome: this is the pool's own failure
             logger.exception("the asyncio pool could not run %s", job.label)
             outcome = Outcome(LOST, summary=f"the pool could not run it: {exc!r}")
+        finally:
+            self._tasks.pop(job.delivery.token, None)
+            self._terminating.discard(job.delivery.token)
         with self._lock:
             self._running.remove(job)
             if self._stopping:

@@ -64,6 +64,12 @@ class Pool(ABC):
     def running(self) -> list[Job]:
         """The jobs that have started and not reported back."""
 
+    def terminate(self, job: Job) -> bool:
+        """Stop ``job`` if it is running here (revoke with terminate). The pool then
+        reports it TERMINATED, or the task fails with TaskRevokedError raised inside
+        it. False if this pool cannot stop it (or it is not running)."""
+        return False
+
     def resize(self, concurrency: int) -> int:
         """Run up to ``concurrency`` jobs at once from now on (``--autoscale``); returns
         the size reached. Shrinking never interrupts a running job: a pool may stay

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from conveyor.worker.job import LOST, Job, Outcome
+from conveyor.worker.job import LOST, TERMINATED, Job, Outcome
 from conveyor.worker.limits import PoolLimits, rss_kib, soft_alarm
 from conveyor.worker.pools.base import Execute, OnDone, Pool, timed_out
 
@@ -311,9 +311,7 @@ class PreforkPool(Pool):
                     break
             self._dispatch()
         for child, job in ended:
-            child.process.kill()
-            child.process.join(1.0)
-            child.conn.close()
+            self._kill(child)
             logger.error(
                 "%s reached its hard time limit (%s s): pool child %s killed and replaced",
                 job.label,
@@ -321,6 +319,30 @@ class PreforkPool(Pool):
                 child.process.pid,
             )
             self.on_done(job, timed_out(job, "its process was killed"))
+
+    @staticmethod
+    def _kill(child: _Child) -> None:
+        child.process.kill()
+        child.process.join(1.0)
+        child.conn.close()
+
+    def terminate(self, job: Job) -> bool:
+        """Kill the child running ``job`` (SIGKILL) and start another in its place."""
+        with self._lock:
+            found = [c for c in self._children if c.job is job]
+            if self._stopping or not found:
+                return False
+            [child] = found
+            child.job = None
+            self._children.remove(child)
+            self._replace()
+            self._dispatch()
+        self._kill(child)
+        logger.warning(
+            "%s revoked: pool child %s killed and replaced", job.label, child.process.pid
+        )
+        self.on_done(job, Outcome(TERMINATED, summary="revoked with terminate=True; killed"))
+        return True
 
     def _replace(self) -> bool:
         # caller holds the lock: start a child in place of one that left

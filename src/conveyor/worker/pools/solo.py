@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 
+from conveyor.exceptions import TaskRevokedError
 from conveyor.worker.job import Job
-from conveyor.worker.limits import Deadlines, PoolLimits
+from conveyor.worker.limits import Deadlines, PoolLimits, interrupt
 from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread
 
 
@@ -30,6 +31,7 @@ class SoloPool(Pool):
         super().__init__(execute, 1, on_done, limits)
         self._lock = threading.Lock()
         self._current: Job | None = None
+        self._ident = 0
         self._deadlines = Deadlines()
 
     def start(self) -> None:
@@ -38,6 +40,7 @@ class SoloPool(Pool):
     def submit(self, job: Job) -> None:
         with self._lock:
             self._current = job
+            self._ident = threading.get_ident()
         self.on_start(job)
         try:
             with self._deadlines.watch(job):
@@ -46,6 +49,12 @@ class SoloPool(Pool):
             with self._lock:
                 self._current = None
         self.on_done(job, outcome)
+
+    def terminate(self, job: Job) -> bool:
+        """Raise TaskRevokedError in the job's thread (best effort, as a soft limit)."""
+        with self._lock:
+            running = self._current is job
+        return running and interrupt(self._ident, TaskRevokedError, job)
 
     def take_pending(self) -> list[Job]:
         return []

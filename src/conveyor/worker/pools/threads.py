@@ -6,8 +6,9 @@ import collections
 import logging
 import threading
 
+from conveyor.exceptions import TaskRevokedError
 from conveyor.worker.job import Job
-from conveyor.worker.limits import Deadlines, PoolLimits
+from conveyor.worker.limits import Deadlines, PoolLimits, interrupt
 from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread, timed_out
 
 logger = logging.getLogger("conveyor.worker")
@@ -104,6 +105,12 @@ class ThreadPool(Pool):
                 self._add_thread()
             self._cond.notify_all()  # idle threads beyond the new size leave
             return concurrency
+
+    def terminate(self, job: Job) -> bool:
+        """Raise TaskRevokedError in the job's thread (best effort, as a soft limit)."""
+        with self._cond:
+            idents = [i for i, j in self._running.items() if j is job]
+        return bool(idents) and interrupt(idents[0], TaskRevokedError, job)
 
     def submit(self, job: Job) -> None:
         with self._cond:

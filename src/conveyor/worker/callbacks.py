@@ -1,0 +1,246 @@
+"""What runs after a task is settled: canvas callbacks (link, link_error, chains, chords).
+
+The settler thread calls ``Callbacks.after_settled`` once a batch's acks and results
+are stored. For each job whose message carries canvas headers (see
+``conveyor.canvas``) it sends, all in one ``publish_many``:
+
+* on SUCCESS: the ``link`` signatures and the next step of a ``chain``, each with
+  the return value as first argument; for a chord's header task, one
+  ``broker.incr("chord:<id>")`` (once per header task: a per-task claim drops a
+  duplicate run), and once that count reaches the header's size, the body with
+  every header result, read from the result backend in header order (a claim
+  makes sure one worker sends it);
+* on FAILURE (for good; a retry is not settled here): the ``link_error``
+  signatures with ``(task_id, exc_type, message)``; every step of the chain still
+  ahead gets the same failure stored as its result (so ``get()`` on a chain's last
+  result raises instead of waiting); for a chord's header task, the first failure
+  (``broker.incr("chord-error:<id>") == 1``) stores a ``ChordError`` as the body's
+  result and sends the body's error callbacks, once.
+
+A callback that cannot be sent (its arguments do not fit its task) gets that error
+stored as its result. Nothing here raises for one bad job: it is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from conveyor import canvas, states
+from conveyor.backends.base import ResultWrite
+from conveyor.brokers.base import OutgoingMessage
+from conveyor.exceptions import ChordError
+from conveyor.result import encode_failure, failure_of, payload_value
+from conveyor.worker.job import Job, Outcome
+
+if TYPE_CHECKING:
+    from conveyor.app import Conveyor
+
+logger = logging.getLogger("conveyor.worker")
+
+#: Seconds between the attempts to publish a batch of callbacks the broker refused.
+PUBLISH_RETRY_DELAYS = (0.5, 1.0, 2.0)
+
+_CHORD_ERROR_TYPE = f"{ChordError.__module__}.{ChordError.__qualname__}"
+
+
+class Callbacks:
+    """Sends the signatures a settled job's message links to (see ``conveyor.canvas``)."""
+
+    def __init__(self, app: Conveyor, hostname: str):
+        self.app = app
+        self.hostname = hostname
+
+    @property
+    def ttl(self) -> float:
+        """How long chord counters and the results written here live: ``result_expires``."""
+        return float(self.app.conf.result_expires)
+
+    def after_settled(self, settled: list[tuple[Job, Outcome]]) -> None:
+        """Called by the consumer's settler thread once the jobs' acks and results are
+        stored, with each job and its final outcome (state SUCCESS or FAILURE, payload
+        the stored result). Must not raise for one bad job: log and go on."""
+        jobs = [
+            (job, outcome)
+            for job, outcome in settled
+            if outcome.state in (states.SUCCESS, states.FAILURE)
+            and any(key in job.message.headers for key in canvas.CALLBACK_HEADERS)
+        ]
+        if not jobs:
+            return
+        writes: list[ResultWrite] = []
+        held: list[OutgoingMessage] = []
+        try:
+            with self.app.publishing() as held:
+                for job, outcome in jobs:
+                    try:
+                        with self.app.publishing():  # one job's messages: all or none
+                            self._after(job, outcome, writes)
+                    except Exception:
+                        logger.exception("the callbacks of %s could not be sent", job.label)
+        except Exception as exc:
+            self._publish_again(held, exc)
+        if writes:
+            try:
+                self.app.backend.store_many(writes)
+            except Exception:
+                logger.exception("storing %d canvas results failed", len(writes))
+
+    def _publish_again(self, held: list[OutgoingMessage], exc: Exception) -> None:
+        for delay in PUBLISH_RETRY_DELAYS:
+            logger.warning(
+                "publishing %d callback messages failed (%s); again in %.1f s",
+                len(held),
+                exc,
+                delay,
+            )
+            time.sleep(delay)
+            try:
+                self.app.broker.publish_many(held)
+            except Exception as again:
+                exc = again
+            else:
+                return
+        logger.error(
+            "%d callback messages were lost (%s): %s",
+            len(held),
+            exc,
+            ", ".join(message.id for message in held),
+        )
+
+    # -- one job ----------------------------------------------------------------------
+
+    def _after(self, job: Job, outcome: Outcome, writes: list[ResultWrite]) -> None:
+        msg = job.message
+        headers = msg.headers
+        follow = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+        info = headers.get(canvas.CHORD)
+        if outcome.state == states.SUCCESS:
+            value = payload_value(outcome.payload)
+            for link in headers.get(canvas.LINK) or ():
+                self._send(link, (value,), follow, writes, job)
+            steps = headers.get(canvas.CHAIN)
+            if steps:
+                self._send(canvas.next_step(steps, self.app), (value,), follow, writes, job)
+            if isinstance(info, Mapping):
+                self._chord_part_succeeded(info, follow, writes, job)
+            return
+        exc_type, message = failure_of(outcome.payload)
+        for errback in headers.get(canvas.LINK_ERROR) or ():
+            self._send(errback, (msg.id, exc_type, message), follow, writes, job)
+        for step in headers.get(canvas.CHAIN) or ():
+            self._fail_ahead(
+                step, outcome.payload, (msg.id, exc_type, message), follow, writes, job
+            )
+        if isinstance(info, Mapping):
+            self._chord_part_failed(info, (msg.id, exc_type, message), follow, writes, job)
+
+    def _send(
+        self,
+        entry: Any,
+        args: tuple[Any, ...],
+        options: dict[str, Any],
+        writes: list[ResultWrite],
+        job: Job,
+    ) -> None:
+        """Send one signature (from headers); if it cannot be sent (its arguments do
+        not fit, a value is not JSON, its task is unknown here and has no route),
+        store that error as the result of each of its tasks."""
+        sig = canvas.signature(entry, app=self.app)  # a copy, bound to this app
+        try:
+            sig.apply_async(args, **options)
+        except (TypeError, ValueError, LookupError) as exc:
+            logger.error("%s: could not send %r: %s", job.label, sig, exc)
+            self._store_failure(sig, exc, writes)
+
+    def _store_failure(
+        self, sig: canvas.Signature, exc: Exception, writes: list[ResultWrite]
+    ) -> None:
+        for task in canvas.plain_signatures(sig):
+            if task.id is not None:
+                payload = encode_failure(str(task.task), exc, worker=self.hostname)
+                writes.append(ResultWrite(task.id, states.FAILURE, payload, self.ttl))
+
+    def _fail_ahead(
+        self,
+        step: Any,
+        payload: bytes | None,
+        failure: tuple[str, str, str],
+        follow: dict[str, Any],
+        writes: list[ResultWrite],
+        job: Job,
+    ) -> None:
+        """A chain step that will never run: its tasks get the failure that stopped the
+        chain; a chord part among them fails its chord."""
+        for task in canvas.plain_signatures(canvas.signature(step, app=self.app)):
+            if task.id is not None and payload is not None:
+                writes.append(ResultWrite(task.id, states.FAILURE, payload, self.ttl))
+            info = task.options.get(canvas.CHORD)
+            if isinstance(info, Mapping):
+                self._chord_part_failed(info, failure, follow, writes, job)
+
+    # -- chords -----------------------------------------------------------------------
+
+    def _chord_part_succeeded(
+        self, info: Mapping[str, Any], follow: dict[str, Any], writes: list[ResultWrite], job: Job
+    ) -> None:
+        chord_id, size = str(info["id"]), int(info["size"])
+        broker, token = self.app.broker, job.delivery.token
+        # A header task that ran twice (at least once delivery) must count once: the
+        # first settlement of each header task claims its part.
+        part = f"{canvas.chord_counter_key(chord_id)}:part:{job.message.id}"
+        if broker.claim(part, token, self.ttl) not in (None, token):
+            logger.info("%s: chord %s already counted this task", job.label, chord_id)
+            return
+        count = broker.incr(canvas.chord_counter_key(chord_id), self.ttl)
+        # >= and a claim, not ==: an increment retried after a lost reply may skip a
+        # number; whoever gets there first sends the body, once.
+        if count < size:
+            return
+        if broker.claim(f"{canvas.chord_counter_key(chord_id)}:body", token, self.ttl) not in (
+            None,
+            token,
+        ):
+            return
+        ids = info.get("ids") or [canvas.header_task_id(chord_id, i) for i in range(size)]
+        values = []
+        for task_id in ids:
+            record = self.app.backend.get(str(task_id))
+            if record is None or record.state != states.SUCCESS:
+                state = "no result" if record is None else f"state {record.state}"
+                reason = f"header task {task_id} has {state} (ignore_result, or expired?)"
+                logger.error("%s: chord %s: %s", job.label, chord_id, reason)
+                failure = (str(task_id), _CHORD_ERROR_TYPE, reason)
+                self._chord_part_failed(info, failure, follow, writes, job)
+                return
+            values.append(payload_value(record.payload))
+        logger.info("%s: chord %s complete: sending its body", job.label, chord_id)
+        self._send(info["body"], (values,), follow, writes, job)
+
+    def _chord_part_failed(
+        self,
+        info: Mapping[str, Any],
+        failure: tuple[str, str, str],
+        follow: dict[str, Any],
+        writes: list[ResultWrite],
+        job: Job,
+    ) -> None:
+        """The first failure of a chord's header: the body's tasks get a ChordError as
+        their result, and its error callbacks are sent with ``failure``; later
+        failures of the same chord do nothing."""
+        chord_id = str(info["id"])
+        if self.app.broker.incr(canvas.chord_error_key(chord_id), self.ttl) != 1:
+            return
+        culprit, exc_type, message = failure
+        body = canvas.signature(info["body"], app=self.app)
+        error = ChordError(f"chord {chord_id}: header task {culprit} raised {exc_type}: {message}")
+        logger.error("%s: %s; its body will not run", job.label, error)
+        self._store_failure(body, error, writes)
+        for task in canvas.plain_signatures(body):
+            outer = task.options.get(canvas.CHORD)
+            if isinstance(outer, Mapping):  # the body is part of another chord
+                self._chord_part_failed(outer, failure, follow, writes, job)
+        for errback in canvas.errbacks_of(body):
+            self._send(errback, failure, follow, writes, job)

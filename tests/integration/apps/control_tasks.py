@@ -1,0 +1,55 @@
+"""Tasks with cluster-wide controls, on the app of ``apps.tasks`` (``-A apps.control_tasks``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from apps.executions import record_event
+from apps.tasks import app
+from conveyor.task import current_request
+
+__all__ = ["app", "async_long_nap", "capped", "limited", "long_nap", "tracked"]
+
+RATE = 20  # per second, cluster-wide
+CAP = 2  # running at once, cluster-wide
+
+
+def _record(event: str) -> None:
+    request = current_request()
+    record_event(request.id if request else None, event)
+
+
+@app.task(rate_limit=f"{RATE}/s", ignore_result=True)
+def limited(i: int) -> None:
+    _record("start")
+
+
+@app.task(concurrency_limit=CAP)
+def capped(seconds: float) -> None:
+    _record("start")
+    time.sleep(seconds)
+    _record("end")
+
+
+@app.task
+def tracked(seconds: float) -> float:
+    """Records its start and end around a sleep."""
+    _record("start")
+    time.sleep(seconds)
+    _record("end")
+    return seconds
+
+
+@app.task
+def long_nap(seconds: float) -> None:
+    _record("start")
+    time.sleep(seconds)
+    _record("end")
+
+
+@app.task
+async def async_long_nap(seconds: float) -> None:
+    _record("start")
+    await asyncio.sleep(seconds)
+    _record("end")
