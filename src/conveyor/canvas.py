@@ -399,27 +399,25 @@ class Signature(dict[str, Any]):
         return self.type.apply(call_args, call_kwargs, **opts)
 
 
-class chain(Signature):
-    """Tasks run one after another, each given the previous one's return value as its
-    first argument: ``chain(a, b, c)`` or ``a | b | c``.
+class _Tasks(Signature):
+    """A signature made of other signatures (``chain``, ``group``): they are its
+    ``tasks``, kept in its kwargs so that it travels as data like any signature."""
 
-    ``apply_async`` returns the last task's result; ``result.parent`` is the one
-    before it, and so on. A group followed by more steps becomes a chord.
-    """
+    kind: str  # "chain" or "group"
 
     def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any):
         if len(tasks) == 1 and _is_many(tasks[0]):
             tasks = tuple(tasks[0])
         members = [maybe_signature(task) for task in tasks]
         super().__init__(
-            "celery.chain", (), {"tasks": members}, options, subtask_type="chain", app=app
+            f"celery.{self.kind}", (), {"tasks": members}, options, subtask_type=self.kind, app=app
         )
 
     @classmethod
     def _from_parts(
         cls, kwargs: dict[str, Any], options: dict[str, Any], app: Conveyor | None
     ) -> Signature:
-        return chain(*kwargs.get("tasks", ()), app=app, **options)
+        return cls(*kwargs.get("tasks", ()), app=app, **options)
 
     @property
     def tasks(self) -> list[Signature]:
@@ -428,6 +426,17 @@ class chain(Signature):
 
     def _members(self) -> list[Signature]:
         return list(self.tasks)
+
+
+class chain(_Tasks):
+    """Tasks run one after another, each given the previous one's return value as its
+    first argument: ``chain(a, b, c)`` or ``a | b | c``.
+
+    ``apply_async`` returns the last task's result; ``result.parent`` is the one
+    before it, and so on. A group followed by more steps becomes a chord.
+    """
+
+    kind = "chain"
 
     def __repr__(self) -> str:
         return " | ".join(repr(task) for task in self.tasks) if self.tasks else "chain()"
@@ -542,34 +551,14 @@ class chain(Signature):
         return result
 
 
-class group(Signature):
+class group(_Tasks):
     """Tasks run in parallel: ``group(add.s(i, i) for i in range(10))``.
 
     ``apply_async`` returns a ``GroupResult`` (values in the group's order). All
     the messages are published together (one ``publish_many``).
     """
 
-    def __init__(self, *tasks: Any, app: Conveyor | None = None, **options: Any):
-        if len(tasks) == 1 and _is_many(tasks[0]):
-            tasks = tuple(tasks[0])
-        members = [maybe_signature(task) for task in tasks]
-        super().__init__(
-            "celery.group", (), {"tasks": members}, options, subtask_type="group", app=app
-        )
-
-    @classmethod
-    def _from_parts(
-        cls, kwargs: dict[str, Any], options: dict[str, Any], app: Conveyor | None
-    ) -> Signature:
-        return group(*kwargs.get("tasks", ()), app=app, **options)
-
-    @property
-    def tasks(self) -> list[Signature]:
-        tasks: list[Signature] = self.kwargs["tasks"]
-        return tasks
-
-    def _members(self) -> list[Signature]:
-        return list(self.tasks)
+    kind = "group"
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(task) for task in self.tasks)}])"

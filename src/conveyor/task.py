@@ -350,6 +350,7 @@ class Task(Generic[P, R]):
             return self.apply(args, kwargs, task_id=task_id, **options)
         if unique_key is None and self.unique_key is not None:
             unique_key = str(self.unique_key(*args, **kwargs))
+        claim = None
         if unique_key is not None:
             task_id = task_id or str(uuid.uuid4())
             mode = check_unique_until(unique_until or self.unique_until)
@@ -358,65 +359,26 @@ class Task(Generic[P, R]):
             holder = self.app.broker.claim(claim, task_id, ttl)
             if holder is not None and holder != task_id:
                 return AsyncResult(holder, self.app)
-            headers = {**options.pop("headers", {}), UNIQUE_KEY: unique_key, UNIQUE_UNTIL: mode}
-            try:
-                return self._send(
-                    args,
-                    kwargs,
-                    countdown,
-                    eta,
-                    expires,
-                    queue,
-                    priority,
-                    task_id,
-                    ignore_result,
-                    headers=headers,
-                    **options,
-                )
-            except BaseException:
+            headers = options.pop("headers", None) or {}
+            options["headers"] = {**headers, UNIQUE_KEY: unique_key, UNIQUE_UNTIL: mode}
+        try:
+            return self.app.send_task(
+                self.name,
+                args,
+                kwargs,
+                countdown=countdown,
+                eta=eta,
+                expires=expires,
+                queue=queue or self.queue,
+                priority=priority if priority is not None else self.priority,
+                task_id=task_id,
+                ignore_result=self.ignore_result if ignore_result is None else ignore_result,
+                **options,
+            )
+        except BaseException:
+            if claim is not None and task_id is not None:
                 self.app.broker.release_claim(claim, task_id)  # nothing was sent
-                raise
-        return self._send(
-            args,
-            kwargs,
-            countdown,
-            eta,
-            expires,
-            queue,
-            priority,
-            task_id,
-            ignore_result,
-            **options,
-        )
-
-    def _send(
-        self,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        countdown: float | dt.timedelta | None,
-        eta: dt.datetime | float | None,
-        expires: dt.datetime | dt.timedelta | float | None,
-        queue: str | None,
-        priority: int | None,
-        task_id: str | None,
-        ignore_result: bool | None,
-        **options: Any,
-    ) -> AsyncResult:
-        return self.app.send_task(
-            self.name,
-            args,
-            kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            queue=queue or self.queue,
-            priority=priority if priority is not None else self.priority,
-            task_id=task_id,
-            ignore_result=self.ignore_result if ignore_result is None else ignore_result,
-            **options,
-        )
-
-    # -- sending when a database transaction commits -------------------------------
+            raise
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """``delay``, once the surrounding Django database transaction commits (at once

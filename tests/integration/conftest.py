@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `apps` and `harness`
 
 from apps import executions as executions_log
 from apps import tasks
-from harness import RunCli, StartWorker, WorkerProcess, run_conveyor
+from harness import APP, RunCli, StartWorker, WorkerProcess, run_conveyor
 
 from conveyor import Conveyor
 
@@ -120,21 +120,23 @@ def app(
 
 @pytest.fixture
 def start_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_worker(*worker_args, env={...})`` starts ``conveyor -A apps.tasks worker``.
+    """``start_worker(*worker_args, env={...}, app="apps.tasks")`` starts
+    ``conveyor -A <app> worker``.
 
     Each worker is named ``wN@<host>`` unless ``-n`` is given, logs at info level
     to ``tmp_path/wN.log``, and is killed (its whole process group) at teardown.
     """
     started: list[WorkerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(*args: str, env: dict[str, str] | None = None, app: str = APP) -> WorkerProcess:
         number = len(started) + 1
         argv = list(args)
         if "-n" not in argv and "--hostname" not in argv:
             argv += ["-n", f"w{number}@%h"]
         if "-l" not in argv and "--loglevel" not in argv:
             argv += ["-l", "info"]
-        worker = WorkerProcess(argv, {**os.environ, **(env or {})}, tmp_path / f"w{number}.log")
+        env = {**os.environ, **(env or {})}
+        worker = WorkerProcess(argv, env, tmp_path / f"w{number}.log", app=app)
         started.append(worker)
         return worker
 

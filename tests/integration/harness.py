@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -152,6 +153,14 @@ def run_conveyor(
 
 #: The ``start_worker`` fixture: ``start_worker(*worker_args, env=None) -> WorkerProcess``.
 StartWorker = Callable[..., WorkerProcess]
+
+
+def workers_of(start_worker: StartWorker, app: str) -> StartWorker:
+    """``start_worker`` for the app module ``app``: an integration app that adds tasks
+    to the app of ``apps.tasks`` (``apps.canvas_tasks``, ``apps.limit_tasks``, ...)."""
+    return functools.partial(start_worker, app=app)
+
+
 #: The ``conveyor_cli`` fixture: ``conveyor_cli(*args, app="apps.tasks") -> CompletedProcess``.
 RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
 

@@ -6,16 +6,14 @@ The workers load ``apps.async_tasks`` (the integration app, plus its async tasks
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from apps import async_tasks
 from apps.tasks import Boom
-from harness import StartWorker, WorkerProcess, ids_in_queue, queue_stats, wait_until
+from harness import StartWorker, ids_in_queue, queue_stats, wait_until, workers_of
 
 from conveyor import Conveyor, states
 
@@ -24,22 +22,9 @@ POOLS = ("solo", "threads", "prefork", "asyncio")
 
 
 @pytest.fixture
-def start_async_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_async_worker(*args)``: ``conveyor -A apps.async_tasks worker -l info ARGS``,
-    killed at teardown (its log is shown if the test failed)."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        log = tmp_path / f"async-worker-{len(started) + 1}.log"
-        worker = WorkerProcess(["-l", "info", *args], dict(os.environ), log, app=ASYNC_APP)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-        print(f"----- {worker.log_path.name} (exit code {worker.proc.returncode}) -----")
-        print(worker.stderr_text())
+def start_async_worker(start_worker: StartWorker) -> StartWorker:
+    """``start_worker`` for the workers of this module's app."""
+    return workers_of(start_worker, ASYNC_APP)
 
 
 def test_two_hundred_async_tasks_of_0_2_s_finish_in_under_2_s_on_one_asyncio_worker(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from apps import limit_tasks
-from harness import StartWorker, WorkerProcess, wait_until
+from harness import StartWorker, wait_until, workers_of
 
 from conveyor import Conveyor
 
@@ -17,21 +15,9 @@ pytestmark = pytest.mark.brokers("sqlite")  # the pool's size is the worker's bu
 
 
 @pytest.fixture
-def start_limit_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_limit_worker(*args)``: ``conveyor -A apps.limit_tasks worker -l info ARGS``."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        log = tmp_path / f"autoscale-worker-{len(started) + 1}.log"
-        worker = WorkerProcess(["-l", "info", *args], dict(os.environ), log, app="apps.limit_tasks")
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-        print(f"----- {worker.log_path.name} (exit code {worker.proc.returncode}) -----")
-        print(worker.stderr_text())
+def start_limit_worker(start_worker: StartWorker) -> StartWorker:
+    """``start_worker`` for the workers of this module's app."""
+    return workers_of(start_worker, "apps.limit_tasks")
 
 
 def children_of(pid: int) -> set[int]:

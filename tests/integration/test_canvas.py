@@ -7,16 +7,14 @@ Chords count their header tasks with the broker's atomic ``incr``: nothing polls
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from apps import canvas_tasks, tasks
 from apps.executions import Executions
 from apps.tasks import Boom
-from harness import StartWorker, WorkerProcess, wait_until
+from harness import StartWorker, wait_until, workers_of
 
 from conveyor import AsyncResult, Conveyor, GroupResult, chain, chord, group, states
 from conveyor.exceptions import ChordError
@@ -25,24 +23,9 @@ CANVAS_APP = "apps.canvas_tasks"
 
 
 @pytest.fixture
-def start_canvas_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_canvas_worker(*args)``: ``conveyor -A apps.canvas_tasks worker -l info ARGS``
-    named ``cN@%h``, killed at teardown (its log is shown if the test failed)."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        number = len(started) + 1
-        argv = ["-l", "info", "-n", f"c{number}@%h", *args]
-        log = tmp_path / f"canvas-worker-{number}.log"
-        worker = WorkerProcess(argv, dict(os.environ), log, app=CANVAS_APP)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-        print(f"----- {worker.log_path.name} (exit code {worker.proc.returncode}) -----")
-        print(worker.stderr_text())
+def start_canvas_worker(start_worker: StartWorker) -> StartWorker:
+    """``start_worker`` for the workers of this module's app."""
+    return workers_of(start_worker, CANVAS_APP)
 
 
 def test_a_chain_passes_each_result_on_and_links_its_results_to_their_parents(

@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from apps import limit_tasks
 from apps.executions import Executions
-from harness import StartWorker, WorkerProcess, queue_stats, wait_until
+from harness import StartWorker, WorkerProcess, queue_stats, wait_until, workers_of
 
 from conveyor import Conveyor, SoftTimeLimitExceeded, TimeLimitExceeded, states
 
@@ -31,21 +30,9 @@ LEASE = 2.0
 
 
 @pytest.fixture
-def start_limit_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_limit_worker(*args)``: ``conveyor -A apps.limit_tasks worker -l info ARGS``."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        log = tmp_path / f"limit-worker-{len(started) + 1}.log"
-        worker = WorkerProcess(["-l", "info", *args], dict(os.environ), log, app=LIMIT_APP)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-        print(f"----- {worker.log_path.name} (exit code {worker.proc.returncode}) -----")
-        print(worker.stderr_text())
+def start_limit_worker(start_worker: StartWorker) -> StartWorker:
+    """``start_worker`` for the workers of this module's app."""
+    return workers_of(start_worker, LIMIT_APP)
 
 
 def assert_settled_once(app: Conveyor, executions: Executions, task_id: str) -> None:

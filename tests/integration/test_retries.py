@@ -4,16 +4,13 @@ retries running out, and the dead letters on request. On SQLite and Redis."""
 from __future__ import annotations
 
 import itertools
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from apps import retry_tasks, tasks
 from apps.executions import Executions
-from harness import StartWorker, WorkerProcess, queue_stats, wait_until
+from harness import StartWorker, queue_stats, wait_until, workers_of
 
 from conveyor import Conveyor, states
 
@@ -21,21 +18,9 @@ RETRY_APP = "apps.retry_tasks"
 
 
 @pytest.fixture
-def start_retry_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_retry_worker(*args)``: ``conveyor -A apps.retry_tasks worker -l info ARGS``."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        log = tmp_path / f"retry-worker-{len(started) + 1}.log"
-        worker = WorkerProcess(["-l", "info", *args], dict(os.environ), log, app=RETRY_APP)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-        print(f"----- {worker.log_path.name} (exit code {worker.proc.returncode}) -----")
-        print(worker.stderr_text())
+def start_retry_worker(start_worker: StartWorker) -> StartWorker:
+    """``start_worker`` for the workers of this module's app."""
+    return workers_of(start_worker, RETRY_APP)
 
 
 def test_autoretry_waits_along_the_backoff_curve_then_fails_with_the_last_exception(

@@ -4,16 +4,13 @@ store, so it holds across all workers (and their restarts)."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from apps import control_tasks
 from apps.executions import Executions
-from harness import StartWorker, WorkerProcess, queue_stats, wait_until
+from harness import StartWorker, queue_stats, wait_until, workers_of
 
 from conveyor import Conveyor, TaskRevokedError, states
 
@@ -21,22 +18,9 @@ CONTROL_APP = "apps.control_tasks"
 
 
 @pytest.fixture
-def start_control_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
-    """``start_control_worker(*args)``: ``conveyor -A apps.control_tasks worker ARGS``."""
-    started: list[WorkerProcess] = []
-
-    def start(*args: str) -> WorkerProcess:
-        log = tmp_path / f"control-worker-{len(started) + 1}.log"
-        argv = ["-l", "info", "-n", f"c{len(started) + 1}@%h", *args]
-        worker = WorkerProcess(argv, dict(os.environ), log, app=CONTROL_APP)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.cleanup()
-        print(f"----- {worker.log_path.name} (exit code {worker.proc.returncode}) -----")
-        print(worker.stderr_text())
+def start_control_worker(start_worker: StartWorker) -> StartWorker:
+    """``start_worker`` for the workers of this module's app."""
+    return workers_of(start_worker, CONTROL_APP)
 
 
 def settled(app: Conveyor) -> None:
