@@ -21,6 +21,7 @@ from conveyor.brokers.base import Broker, BrokerOptions, OutgoingMessage, check_
 from conveyor.config import Settings, import_object
 from conveyor.exceptions import ConfigurationError, NotRegistered, TaskRevokedError
 from conveyor.result import AsyncResult, encode_failure
+from conveyor.schedules import as_schedule
 from conveyor.task import Task, countdown_to_eta, expiry
 
 logger = logging.getLogger("conveyor.app")
@@ -212,6 +213,90 @@ class Conveyor:
             return self.tasks[name]
         except KeyError:
             raise NotRegistered(f"task {name!r} is not registered in {self!r}") from None
+
+    # -- periodic tasks (sent by ``conveyor beat``) -------------------------------
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: canvas.Signature | Task[..., Any] | str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Add an entry to ``beat_schedule``, as Celery's: send ``sig`` (``task.s(...)``,
+        a task, or a task name) at every slot of ``schedule`` (seconds, a timedelta,
+        ``crontab(...)`` or a cron string).
+
+        ``args``/``kwargs`` are added to the signature's; ``options`` are the entry's
+        send options (``queue``, ``priority``, ``expires``...) and ``misfire``
+        (``once``, ``skip`` or ``all``: see docs/beat.md). Returns the entry's name:
+        ``name``, or the signature's repr. The whole entry is checked when beat starts.
+
+        Raises:
+            ConfigurationError: the schedule is not one.
+        """
+        if isinstance(sig, str):
+            sig = self.signature(sig)
+        elif not isinstance(sig, canvas.Signature):
+            sig = sig.s()
+        if sig.subtask_type is not None:
+            raise ConfigurationError(
+                f"a periodic task is one task's signature, not a {sig.subtask_type}"
+            )
+        if args or kwargs:
+            sig = sig.clone(args, kwargs)
+        key = name or repr(sig)
+        try:
+            as_schedule(schedule)
+        except ValueError as exc:
+            raise ConfigurationError(f"beat_schedule entry {key!r}: {exc}") from None
+        entry: dict[str, Any] = {
+            "task": sig.task,
+            "schedule": schedule,
+            "args": tuple(sig.args),
+            "kwargs": dict(sig.kwargs),
+            "options": {**sig.options, **options},
+        }
+        if "misfire" in options:
+            entry["misfire"] = entry["options"].pop("misfire")
+        self.conf.beat_schedule[key] = entry
+        return key
+
+    def periodic_task(
+        self,
+        schedule: Any,
+        *,
+        name: str | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        misfire: str | None = None,
+        **task_options: Any,
+    ) -> Callable[[Callable[..., Any]], Task[..., Any]]:
+        """Register a task and send it at every slot of ``schedule``:
+        ``@app.periodic_task(crontab(minute=0), misfire="skip")``.
+
+        ``name`` names the task and its ``beat_schedule`` entry (default: the task's
+        generated name); ``args``/``kwargs`` are what it is sent with; ``misfire`` as in
+        ``add_periodic_task``; every other option is the task's (``@app.task``).
+        """
+
+        try:
+            as_schedule(schedule)
+        except ValueError as exc:
+            raise ConfigurationError(f"periodic task {name or '(unnamed)'}: {exc}") from None
+
+        def register(fun: Callable[..., Any]) -> Task[..., Any]:
+            options = dict(task_options)
+            if name is not None:
+                options["name"] = name
+            task: Task[..., Any] = self.task(**options)(fun)
+            extra = {} if misfire is None else {"misfire": misfire}
+            self.add_periodic_task(schedule, task.s(), args, kwargs, name=task.name, **extra)
+            return task
+
+        return register
 
     # -- routing and sending ------------------------------------------------------
 

@@ -339,7 +339,17 @@ _TABLE = (
             "with `%(task_name)s` and `%(task_id)s`), and adds `text` and `json`."),
     Setting("timezone", "UTC", _timezone, "UTC", "Time zone of `crontab` schedules."),
     Setting("enable_utc", True, _bool, True, "Dates in messages are in UTC."),
-    Setting("beat_schedule", {}, _schedule, {}, "Periodic tasks that `conveyor beat` sends."),
+    Setting("beat_schedule", {}, _schedule, {},
+            "Periodic tasks that `conveyor beat` and `worker --beat` send: entry name -> "
+            "`{task, schedule, args, kwargs, options, misfire}` (docs/beat.md).",
+            "Each slot is sent once however many schedulers run; `misfire` is conveyor's; "
+            "entries are checked when beat starts."),
+    Setting("beat_max_loop_interval", 1.0, _seconds(), 0,
+            "Longest sleep of a beat between two looks at its schedule: it sleeps until the "
+            "next slot is due, but at most this long, so added or removed entries and shutdown "
+            "are noticed (see docs/beat.md).",
+            "Celery's 0 means 300 s for its file scheduler; conveyor's beat keeps no state in "
+            "the process, so it can look often."),
     Setting("imports", (), _modules, (), "Modules a worker imports at start, to register tasks."),
     Setting("include", (), _modules, (), "More modules a worker imports, after `imports`."),
 )
@@ -349,6 +359,7 @@ SETTINGS: Final[Mapping[str, Setting]] = MappingProxyType({s.name: s for s in _T
 
 _RECONNECTS = "conveyor always reconnects to the broker, with backoff."
 _NO_EVENTS = "conveyor sends no task events yet."
+_BEAT_STATE = "beat keeps its last-run times in the broker, not in a local file."
 # fmt: off
 IGNORED: Final[Mapping[str, str]] = MappingProxyType({
     "broker_transport_options": "`visibility_timeout` is replaced by leases the worker renews "
@@ -362,6 +373,9 @@ IGNORED: Final[Mapping[str, str]] = MappingProxyType({
     "worker_send_task_events": _NO_EVENTS,
     "task_send_sent_event": _NO_EVENTS,
     "result_extended": "results are always stored with their extended fields.",
+    "beat_schedule_filename": _BEAT_STATE,
+    "beat_sync_every": _BEAT_STATE,
+    "beat_scheduler": "conveyor has one scheduler, whose state is in the broker (docs/beat.md).",
 })
 # fmt: on
 """Celery settings conveyor accepts (and logs at start-up) without needing them: name -> why."""

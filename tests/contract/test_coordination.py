@@ -1,5 +1,5 @@
 """The coordination contract suite: every sentence of the coordination section of
-``conveyor.brokers.base`` (revoke to incr), for every broker.
+``conveyor.brokers.base`` (revoke to advance), for every broker.
 
 Time to live tests use short ttls and sleep just past them. The concurrency tests
 run in forked processes sharing the broker's store (SQLite, Redis); the memory
@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from conveyor.brokers import sqlite as sqlite_broker
-from conveyor.brokers.base import Broker
+from conveyor.brokers.base import Broker, OutgoingMessage
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.sqlite import SqliteBroker
@@ -135,6 +135,24 @@ def test_terminate_once_recorded_stays_until_the_revocation_expires(broker: Brok
 
 
 # -- rate_acquire --------------------------------------------------------------
+
+
+def test_a_fetched_delivery_that_reports_revoked_agrees_with_revoked(broker: Broker) -> None:
+    # Given two messages, one of them revoked (shortly), one revoked long ago
+    for message_id in ("kept", "gone", "lapsed"):
+        broker.publish(OutgoingMessage(message_id, "default", message_id.encode(), 0, None))
+    broker.revoke(["gone"], 60)
+    broker.revoke(["lapsed"], 0.1)
+    time.sleep(0.15)
+
+    # When they are fetched
+    got = {d.id: d.revoked for d in broker.fetch(["default"], 10, consumer="c", timeout=0)}
+
+    # Then a broker that looks revokes up in the fetch says the same as ``revoked``
+    assert set(got) == {"kept", "gone", "lapsed"}
+    if any(flag is not None for flag in got.values()):
+        assert got == {"kept": False, "gone": True, "lapsed": False}
+    assert broker.revoked(list(got)) == {"gone": False}
 
 
 def test_rate_allows_a_burst_of_limit_then_one_permit_per_interval(broker: Broker) -> None:
@@ -399,6 +417,73 @@ def test_incr_across_processes_returns_each_number_exactly_once(broker: Broker) 
     assert sorted(values) == list(range(1, 201))
 
 
+# -- marks -----------------------------------------------------------------------
+
+
+def test_advance_raises_a_mark_and_returns_the_value_before(broker: Broker) -> None:
+    # Given a new mark, advanced
+    assert broker.advance(KEY, 100.5, 10) is None
+
+    # Then each advance answers the value before it, and only a higher value raises it
+    assert broker.advance(KEY, 200.25, 10) == 100.5
+    assert broker.advance(KEY, 150.0, 10) == 200.25
+    assert broker.advance(KEY, 200.25, 10) == 200.25
+    assert broker.advance(KEY, None, 10) == 200.25
+    # And another key is a mark of its own
+    assert broker.advance(KEY + ".2", None, 10) is None
+    assert broker.advance(KEY + ".2", -5.0, 10) is None
+    assert broker.advance(KEY + ".2", None, 10) == -5.0
+
+
+def test_advance_keeps_a_unix_time_exactly(broker: Broker) -> None:
+    # Given a mark advanced to a UNIX time with a fraction
+    slot = 1_767_225_605.123456
+    broker.advance(KEY, slot, 10)
+
+    # Then it is read back exactly, and an advance by the smallest step is a raise
+    assert broker.advance(KEY, None, 10) == slot
+    assert broker.advance(KEY, slot + 1e-6, 10) == slot
+    assert broker.advance(KEY, None, 10) == slot + 1e-6
+
+
+def test_a_mark_expires_ttl_after_it_was_raised_and_reading_does_not_extend_it(
+    broker: Broker,
+) -> None:
+    # Given two marks with a short ttl; one raised again before it expires, the other
+    # advanced to a lower value and read (neither raises it)
+    broker.advance("kept", 1.0, TTL)
+    broker.advance("left", 5.0, TTL)
+    time.sleep(TTL - 0.1)
+    assert broker.advance("kept", 2.0, TTL) == 1.0
+    assert broker.advance("left", 4.0, 10) == 5.0
+    assert broker.advance("left", None, 10) == 5.0
+    time.sleep(0.15)
+
+    # Then past the first ttl the raised one is kept, and the other is gone
+    assert broker.advance("kept", None, TTL) == 2.0
+    assert broker.advance("left", 3.0, 10) is None
+    assert broker.advance("left", None, 10) == 3.0
+
+
+def test_concurrent_advances_each_see_the_value_left_before_them(broker: Broker) -> None:
+    # Given 4 processes advancing one mark to interleaved values at the same moment
+    def climb(b: Broker, index: int, start: Any) -> list[tuple[float, float | None]]:
+        start.wait()
+        return [(v, b.advance(KEY, v, 10)) for v in (float(4 * i + index) for i in range(25))]
+
+    answers = [a for got in in_parallel(broker, 4, climb) for a in got]
+
+    # Then the advances form one history: the mark ends at the highest value; each
+    # advance that raised it was answered the value of the raise before (None: the
+    # first), and every other one a value that some raise left, at least its own
+    assert broker.advance(KEY, None, 10) == 99.0
+    raises = sorted((v, p) for v, p in answers if p is None or v > p)
+    raised = [v for v, _ in raises]
+    assert raised[-1] == 99.0
+    assert [p for _, p in raises] == [None, *raised[:-1]]
+    assert all(p in raised and p >= v for v, p in answers if not (p is None or v > p))
+
+
 # -- arguments -----------------------------------------------------------------
 
 
@@ -412,14 +497,31 @@ def test_incr_across_processes_returns_each_number_exactly_once(broker: Broker) 
         lambda b: b.slot_acquire(KEY, 1, "w1", -1),
         lambda b: b.claim(KEY, "task-1", 0),
         lambda b: b.incr(KEY, 0),
+        lambda b: b.advance(KEY, 1.0, 0),
     ],
-    ids=["revoke ttl", "rate limit", "rate period", "slot limit", "slot ttl", "claim", "incr"],
+    ids=[
+        "revoke ttl",
+        "rate limit",
+        "rate period",
+        "slot limit",
+        "slot ttl",
+        "claim",
+        "incr",
+        "advance",
+    ],
 )
 def test_non_positive_limits_periods_and_ttls_are_refused(
     broker: Broker, call: Callable[[Broker], object]
 ) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         call(broker)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_mark_is_a_finite_number(broker: Broker, value: float) -> None:
+    with pytest.raises(ValueError, match="must be a finite number"):
+        broker.advance(KEY, value, 10)
+    assert broker.advance(KEY, None, 10) is None
 
 
 # -- what the stores keep ----------------------------------------------------------
@@ -438,6 +540,7 @@ def use_everything(broker: Broker, ttl: float, key: str = KEY) -> None:
     assert broker.claim("released", "task-1", ttl) is None
     assert broker.release_claim("released", "task-1")
     assert broker.incr(key, ttl) == 1
+    assert broker.advance(key, 1.5, ttl) is None
 
 
 def test_redis_keys_are_under_the_prefix_and_expire_with_their_records(redis_url: str) -> None:
@@ -449,7 +552,14 @@ def test_redis_keys_are_under_the_prefix_and_expire_with_their_records(redis_url
 
         # Then each kind is one key under the prefix, and each key has a ttl
         ttls = {key.decode(): client.pttl(key) for key in client.scan_iter()}
-        kinds = ["revoked", f"rate:{KEY}", f"slots:{KEY}", f"claim:{KEY}", f"counter:{KEY}"]
+        kinds = [
+            "revoked",
+            f"rate:{KEY}",
+            f"slots:{KEY}",
+            f"claim:{KEY}",
+            f"counter:{KEY}",
+            f"mark:{KEY}",
+        ]
         assert set(ttls) == {f"app1:{kind}" for kind in kinds}
         assert all(0 < ttl <= TTL * 1000 for ttl in ttls.values()), ttls
 
@@ -475,9 +585,16 @@ def test_sqlite_deletes_expired_records_when_it_writes(
     use_everything(broker, 10, key="other")
 
     # Then only the new records are left
-    tables = ["revoked", "rates", "slots", "claims", "counters"]
+    tables = ["revoked", "rates", "slots", "claims", "counters", "marks"]
     with sqlite3.connect(path) as conn:
         left = {t: conn.execute(f"SELECT count(*) FROM conveyor_{t}").fetchone()[0] for t in tables}
     conn.close()
-    assert left == {"revoked": 2, "rates": 1, "slots": 1, "claims": 1, "counters": 1}
+    assert left == {
+        "revoked": 2,
+        "rates": 1,
+        "slots": 1,
+        "claims": 1,
+        "counters": 1,
+        "marks": 1,
+    }
     broker.close()

@@ -22,7 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `apps` and `harness`
 
 from apps import executions as executions_log
 from apps import tasks
-from harness import APP, RunCli, StartWorker, WorkerProcess, run_conveyor
+from harness import (
+    APP,
+    BeatProcess,
+    RunCli,
+    StartBeat,
+    StartWorker,
+    WorkerProcess,
+    run_conveyor,
+)
 
 from conveyor import Conveyor
 
@@ -146,6 +154,32 @@ def start_worker(app: Conveyor, tmp_path: Path) -> Iterator[StartWorker]:
         # shown by pytest only when the test failed
         print(f"----- worker w{number} (exit code {worker.proc.returncode}) -----")
         print(worker.stderr_text())
+
+
+@pytest.fixture
+def start_beat(app: Conveyor, tmp_path: Path) -> Iterator[StartBeat]:
+    """``start_beat(*beat_args, env={...}, app="apps.tasks")`` starts ``conveyor -A <app>
+    beat``, named ``bN@<host>`` unless ``-n`` is given, logging at info level to
+    ``tmp_path/bN.log``; killed at teardown, as ``start_worker``'s workers are."""
+    started: list[BeatProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, app: str = APP) -> BeatProcess:
+        number = len(started) + 1
+        argv = list(args)
+        if "-n" not in argv and "--hostname" not in argv:
+            argv += ["-n", f"b{number}@%h"]
+        if "-l" not in argv and "--loglevel" not in argv:
+            argv += ["-l", "info"]
+        env = {**os.environ, **(env or {})}
+        beat = BeatProcess(argv, env, tmp_path / f"b{number}.log", app=app)
+        started.append(beat)
+        return beat
+
+    yield start
+    for number, beat in enumerate(started, 1):
+        beat.cleanup()
+        print(f"----- beat b{number} (exit code {beat.proc.returncode}) -----")
+        print(beat.stderr_text())
 
 
 @pytest.fixture

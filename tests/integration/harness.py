@@ -57,12 +57,15 @@ class WorkerProcess:
     Its stdout and stderr go to a file, so no pipe can fill up and block it.
     """
 
+    #: The ``conveyor`` command it runs.
+    command = "worker"
+
     def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path, app: str = APP):
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed by cleanup()
         try:
             self.proc = subprocess.Popen(
-                conveyor_command("worker", *args, app=app),
+                conveyor_command(self.command, *args, app=app),
                 cwd=HERE,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -135,6 +138,26 @@ class WorkerProcess:
         self._log.close()
 
 
+class BeatProcess(WorkerProcess):
+    """One ``conveyor beat`` process, run and killed as a worker is."""
+
+    command = "beat"
+
+    def wait_ready(self, timeout: float = 15.0) -> BeatProcess:
+        """Block until its log says it started: the entries are read, the loop is on."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"beat exited with code {self.proc.returncode} before it was ready:\n"
+                    + self.stderr_text()
+                )
+            return " started with " in self.stderr_text()
+
+        wait_until(ready, timeout, "beat to start")
+        return self
+
+
 def run_conveyor(
     *args: str, env: Mapping[str, str], app: str | None = APP, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
@@ -160,6 +183,9 @@ def workers_of(start_worker: StartWorker, app: str) -> StartWorker:
     to the app of ``apps.tasks`` (``apps.canvas_tasks``, ``apps.limit_tasks``, ...)."""
     return functools.partial(start_worker, app=app)
 
+
+#: The ``start_beat`` fixture: ``start_beat(*beat_args, env=None, app=...) -> BeatProcess``.
+StartBeat = Callable[..., BeatProcess]
 
 #: The ``conveyor_cli`` fixture: ``conveyor_cli(*args, app="apps.tasks") -> CompletedProcess``.
 RunCli = Callable[..., "subprocess.CompletedProcess[str]"]

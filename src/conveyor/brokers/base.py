@@ -24,6 +24,7 @@ and its ack, release, requeue, retry, dead-letter and renewal are refused.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -55,6 +56,9 @@ class Delivery:
     ``token`` fences this copy: it is the only handle that may settle it.
     ``deliveries`` counts every delivery of the message so far, this one
     included (1 on first delivery); crashes and lease expiries count.
+    ``revoked``: whether the message's id was revoked (see ``revoke``) when it
+    was fetched, for brokers that look it up in the fetch itself; None: not
+    looked up (ask ``revoked``).
     """
 
     id: str
@@ -63,6 +67,7 @@ class Delivery:
     priority: int
     token: str
     deliveries: int
+    revoked: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +320,15 @@ class Broker(ABC):
         the counter expires ``ttl`` seconds after its last increment. Atomic across
         processes: N increments from anywhere return 1..N, each exactly once."""
 
+    @abstractmethod
+    def advance(self, key: str, value: float | None, ttl: float) -> float | None:
+        """Raise the mark ``key`` to ``value`` if that is above its current value (or it
+        has none), and return the value it had before (None if none). A raised mark
+        expires ``ttl`` seconds after it was raised; a mark left as it was keeps its
+        expiry. ``value=None`` only reads. Atomic across processes: of concurrent
+        advances, each is answered the value left by the one before it. For beat's
+        last-run times."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""
 
@@ -340,6 +354,13 @@ def check_positive(name: str, value: float) -> float:
     """``value`` if it is above zero (a ttl, a period, a limit), else ValueError."""
     if not value > 0:  # NaN too
         raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def check_finite(name: str, value: float) -> float:
+    """``value`` if it is a finite number (a mark), else ValueError."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return value
 
 

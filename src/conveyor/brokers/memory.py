@@ -21,6 +21,7 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    check_finite,
     check_positive,
     check_priority,
     gcra,
@@ -71,6 +72,7 @@ class MemoryBroker(Broker):
         self._slots: dict[str, dict[str, float]] = {}  # key -> holder -> expires
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires)
+        self._marks: dict[str, tuple[float, float]] = {}  # key -> (value, expires)
         self._next_sweep = 0.0
 
     # -- internal moves (the caller holds the lock) ---------------------------
@@ -304,6 +306,7 @@ class MemoryBroker(Broker):
         self._rates = {k: v for k, v in self._rates.items() if v[1] > t}
         self._claims = {k: v for k, v in self._claims.items() if v[1] > t}
         self._counters = {k: v for k, v in self._counters.items() if v[1] > t}
+        self._marks = {k: v for k, v in self._marks.items() if v[1] > t}
         for key in list(self._slots):
             self._live_slots(key, t)
 
@@ -402,3 +405,16 @@ class MemoryBroker(Broker):
             value = value + 1 if expires > t else 1
             self._counters[key] = (value, t + ttl)
             return value
+
+    def advance(self, key: str, value: float | None, ttl: float) -> float | None:
+        check_positive("ttl", ttl)
+        if value is not None:
+            check_finite("value", value)
+        with self._coord:
+            t = now()
+            self._sweep(t)
+            stored = self._marks.get(key)
+            previous = stored[0] if stored is not None and stored[1] > t else None
+            if value is not None and (previous is None or value > previous):
+                self._marks[key] = (value, t + ttl)
+            return previous

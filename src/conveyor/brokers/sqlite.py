@@ -18,6 +18,7 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    check_finite,
     check_positive,
     check_priority,
     gcra,
@@ -101,6 +102,12 @@ CREATE TABLE IF NOT EXISTS conveyor_counters (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conveyor_counters_expiry ON conveyor_counters (expires_at);
+CREATE TABLE IF NOT EXISTS conveyor_marks (
+    key TEXT PRIMARY KEY,
+    value REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_marks_expiry ON conveyor_marks (expires_at);
 """
 # Each coordination table, with its expiry column.
 _EXPIRY_COLUMNS = {
@@ -109,6 +116,7 @@ _EXPIRY_COLUMNS = {
     "conveyor_slots": "expires_at",
     "conveyor_claims": "expires_at",
     "conveyor_counters": "expires_at",
+    "conveyor_marks": "expires_at",
 }
 #: How often (at most) one process sweeps a coordination table of expired rows.
 SWEEP_SECONDS = 10.0
@@ -547,6 +555,31 @@ class SqliteBroker(Broker):
             ((value,),) = conn.execute(_INCR, (key, t + ttl, t)).fetchall()
             self._sweep(conn, "conveyor_counters", t)
         return int(value)
+
+    def advance(self, key: str, value: float | None, ttl: float) -> float | None:
+        check_positive("ttl", ttl)
+        if value is None:
+            with self._db.snapshot() as conn:
+                row = conn.execute(
+                    "SELECT value FROM conveyor_marks WHERE key = ? AND expires_at > ?",
+                    (key, now()),
+                ).fetchone()
+            return None if row is None else float(row[0])
+        check_finite("value", value)
+        with self._db.transaction() as conn:
+            t = now()
+            row = conn.execute(
+                "SELECT value FROM conveyor_marks WHERE key = ? AND expires_at > ?", (key, t)
+            ).fetchone()
+            previous = None if row is None else float(row[0])
+            if previous is None or value > previous:
+                conn.execute(
+                    "INSERT OR REPLACE INTO conveyor_marks (key, value, expires_at)"
+                    " VALUES (?, ?, ?)",
+                    (key, value, t + ttl),
+                )
+                self._sweep(conn, "conveyor_marks", t)
+        return previous
 
     def close(self) -> None:
         """Close this process's connections to the file."""

@@ -55,6 +55,6 @@ def main() -> None:
 
 
 # command modules register themselves on the group
-from conveyor.cli import health_cmd, inspect_cmds, task_cmds, worker_cmd  # noqa: E402
+from conveyor.cli import beat_cmd, health_cmd, inspect_cmds, task_cmds, worker_cmd  # noqa: E402
 
-__all__ = ["cli", "health_cmd", "inspect_cmds", "main", "task_cmds", "worker_cmd"]
+__all__ = ["beat_cmd", "cli", "health_cmd", "inspect_cmds", "main", "task_cmds", "worker_cmd"]

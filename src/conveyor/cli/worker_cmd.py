@@ -9,7 +9,8 @@ import sys
 import click
 
 from conveyor import __version__
-from conveyor.cli import _AppRef, cli
+from conveyor.beat import Beat
+from conveyor.cli import _AppRef, beat_cmd, cli
 from conveyor.worker import Worker, WorkerOptions, default_hostname
 from conveyor.worker.autoscale import parse_autoscale
 from conveyor.worker.banner import banner
@@ -52,6 +53,13 @@ logger = logging.getLogger("conveyor.worker")
 )
 @click.option("-n", "--hostname", help="Worker name; %h expands to the host name.")
 @click.option("--shutdown-timeout", type=float, help="Seconds running tasks get on SIGTERM [25].")
+@click.option(
+    "-B",
+    "--beat",
+    "with_beat",
+    is_flag=True,
+    help="Also send the periodic tasks (beat in a thread; safe on every worker).",
+)
 @click.pass_obj
 def worker(
     ref: _AppRef,
@@ -65,6 +73,7 @@ def worker(
     autoscale: str | None,
     hostname: str | None,
     shutdown_timeout: float | None,
+    with_beat: bool,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM or Ctrl-C."""
     setup_logging(loglevel, log_format or "text")  # before the app: its import may log
@@ -101,8 +110,10 @@ def worker(
         options.concurrency = 1
     for name, reason in conf.ignored_settings():
         logger.warning("setting %s has no effect in conveyor: %s", name, reason)
-    runner = Worker(app, options)
-    text = banner(app, options, runner.hostname, __version__)
+    scheduler = Beat(app, hostname=host) if with_beat else None
+    runner = Worker(app, options, services=[scheduler] if scheduler else [])
+    extra = [f"  beat:     {beat_cmd.summary(scheduler)}"] if scheduler else []
+    text = banner(app, options, runner.hostname, __version__, extra)
     click.echo(as_record_line(text, log_format), err=True)
     code = runner.run()
     sys.exit(code)

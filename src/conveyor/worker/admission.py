@@ -77,7 +77,10 @@ class Admission:
         self.slot_ttl = slot_ttl
 
     def revoked(self, deliveries: Sequence[Delivery]) -> dict[str, bool]:
-        """The revoked ones among a fetched batch (one round trip), id -> terminate."""
+        """The revoked ones among a fetched batch, id -> terminate: from the fetch itself
+        where the broker looked them up (Redis), else in one round trip."""
+        if all(d.revoked is not None for d in deliveries):  # looked up by the fetch
+            return {d.id: False for d in deliveries if d.revoked}
         return self.broker.revoked([d.id for d in deliveries]) if deliveries else {}
 
     def admit(self, task: Task[..., object], delivery: Delivery) -> Verdict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from conveyor.brokers.base import safe_url
@@ -16,8 +17,11 @@ _WARNINGS = {
 }
 
 
-def banner(app: Conveyor, options: WorkerOptions, hostname: str, version: str) -> str:
-    """The lines printed when a worker starts; passwords in URLs are masked."""
+def banner(
+    app: Conveyor, options: WorkerOptions, hostname: str, version: str, extra: Sequence[str] = ()
+) -> str:
+    """The lines printed when a worker starts; passwords in URLs are masked. ``extra``
+    lines (such as ``--beat``'s) come before the tasks."""
     broker_url = app.broker_url
     scheme = broker_url.split(":", 1)[0]
     kind = _WARNINGS.get(scheme)
@@ -39,6 +43,7 @@ def banner(app: Conveyor, options: WorkerOptions, hostname: str, version: str) -
     ]
     if options.heartbeat_file:
         lines.append(f"  liveness: {options.heartbeat_file} (read by conveyor worker-health)")
+    lines += extra
     lines.append("  tasks:")
     lines += [f"    . {name}" for name in sorted(app.tasks)] or ["    (none registered)"]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ Threads of a worker process and what each owns::
     fetcher     broker.fetch for free capacity, decode, policy checks, pool.submit
     settler     outcomes -> ack (fenced) -> store results, in batches
     heartbeat   lease renewal for everything held; reclaim of dead consumers' leases
+    services    optional, started and stopped with the worker (``--beat``: the scheduler)
 
 The worker holds at most ``concurrency x prefetch_multiplier`` unacknowledged
 deliveries, and fetches for all free slots at once. It knows the broker and
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultWrite
@@ -90,12 +91,22 @@ def default_hostname() -> str:
     return f"conveyor@{socket.gethostname()}"
 
 
+class Service(Protocol):
+    """Something that runs beside the worker's own threads (``worker --beat``'s
+    scheduler): started with the worker, stopped as its shutdown begins."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class Worker:
     """Consumes ``options.queues`` with a pool; ``run()`` until SIGTERM/SIGINT."""
 
-    def __init__(self, app: Conveyor, options: WorkerOptions):
+    def __init__(self, app: Conveyor, options: WorkerOptions, services: Sequence[Service] = ()):
         self.app = app
         self.options = options
+        self.services = list(services)
         self.hostname = options.hostname or default_hostname()
         self.consumer_id = f"{self.hostname}/{os.getpid()}"
         # With autoscale, fetch for the largest pool: demand above the pool's size is
@@ -149,6 +160,8 @@ class Worker:
         self._threads = [self._start_fetcher(), self._spawn(self._settle_loop, "conveyor-settler")]
         self._spawn(self._watch_revokes, "conveyor-revokes")
         self.heartbeat.start()
+        for service in self.services:
+            service.start()
 
     @staticmethod
     def _spawn(target: Callable[[], None], name: str) -> threading.Thread:
@@ -218,6 +231,8 @@ class Worker:
         """Stop fetching, return unstarted messages, let running ones finish until
         ``shutdown_timeout``, return what still runs (acks late), stop."""
         self._stop_fetching.set()
+        for service in self.services:
+            service.stop()
         for thread in self._threads[:1]:  # the fetcher returns within fetch_timeout
             thread.join(self.options.fetch_timeout + 5)
         self._give_back(self.pool.take_pending(), "not started")

@@ -31,6 +31,7 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    check_finite,
     check_positive,
     check_priority,
 )
@@ -38,6 +39,7 @@ from conveyor.brokers.redis.keys import (
     QueueKeys,
     claim_key,
     counter_key,
+    mark_key,
     queue_keys,
     queues_key,
     rate_key,
@@ -69,6 +71,7 @@ _SCRIPTS = (
     "slots",
     "claim",
     "incr",
+    "advance",
 )
 
 
@@ -226,6 +229,7 @@ class RedisBroker(Broker):
         keys: list[str] = []
         for k in all_keys:
             keys += [k.ready, k.delayed, k.inflight, k.msg, k.wake]
+        keys.append(revoked_key(self.prefix))
         args = [
             len(queues),
             limit,
@@ -262,7 +266,7 @@ class RedisBroker(Broker):
     def _deliveries(queues: Sequence[str], flat: list[Any], count: int) -> list[Delivery]:
         out = []
         for i in range(count):
-            q, mid, body, priority, token, dl = flat[i * 6 : i * 6 + 6]
+            q, mid, body, priority, token, dl, revoked = flat[i * 7 : i * 7 + 7]
             out.append(
                 Delivery(
                     id=as_str(mid),
@@ -271,6 +275,7 @@ class RedisBroker(Broker):
                     priority=int(priority),
                     token=as_str(token),
                     deliveries=int(dl),
+                    revoked=bool(int(revoked)),
                 )
             )
         return out
@@ -475,6 +480,12 @@ class RedisBroker(Broker):
 
     def incr(self, key: str, ttl: float) -> int:
         return int(self._run("incr", [counter_key(self.prefix, key)], [_ttl_ms(ttl)]))
+
+    def advance(self, key: str, value: float | None, ttl: float) -> float | None:
+        ttl_ms = _ttl_ms(ttl)
+        arg = "" if value is None else repr(float(check_finite("value", value)))
+        previous = self._run("advance", [mark_key(self.prefix, key)], [arg, ttl_ms])
+        return None if previous is None else float(as_str(previous))
 
     def close(self) -> None:
         self._conn.close()

@@ -18,13 +18,14 @@ runs on one Cluster slot; every key a script touches is passed in KEYS.
 | `P:slots:<key>` | zset | holder -> slot expiry in ms (every call drops the expired holders; the key expires with its last holder) |
 | `P:claim:<key>` | string | the owner of the claim (PX: the claim's ttl) |
 | `P:counter:<key>` | string | counter (PX: ttl from its last increment) |
+| `P:mark:<key>` | string | a mark (`Broker.advance`): the highest value it was raised to, as a decimal string (PX: ttl from when it was last raised) |
 
 ``P`` is the prefix (default ``conveyor``). A member is the message's sequence
 number in its queue, zero-padded to 12 digits so equal scores sort FIFO. A
 delivery's token is ``member.fetches.random``: unique per delivery, and it
 names the member, so every settle call finds its record without a lookup.
 
-The coordination keys (``Broker.revoke`` to ``Broker.incr``) hold small records
+The coordination keys (``Broker.revoke`` to ``Broker.advance``) hold small records
 shared by every worker and producer. ``<key>`` is the caller's key as it is (a
 task name with dots, a unique key: any string). Each call is one script that
 touches exactly one key, so on Redis Cluster they need no hash tag (braces in a
@@ -98,3 +99,7 @@ def claim_key(prefix: str, key: str) -> str:
 
 def counter_key(prefix: str, key: str) -> str:
     return f"{prefix}:counter:{key}"
+
+
+def mark_key(prefix: str, key: str) -> str:
+    return f"{prefix}:mark:{key}"

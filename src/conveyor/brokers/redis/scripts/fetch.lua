@@ -1,8 +1,10 @@
 -- fetch: promote due delayed messages, then lease up to `limit` ready ones.
--- KEYS: 5 per queue, in the consumer's order: ready, delayed, inflight, msg, wake
+-- KEYS: 5 per queue, in the consumer's order: ready, delayed, inflight, msg, wake;
+--       then the revoked set (see revoke.lua)
 -- ARGV: 1 number of queues, 2 limit, 3 consumer, 4 lease_us, 5 token suffix, 6 history length
--- Returns: {n, wait_us, then n groups of 6: queue index (0-based), id, body, priority,
---           token, deliveries}. With n = 0, wait_us is the time until the earliest
+-- Returns: {n, wait_us, then n groups of 7: queue index (0-based), id, body, priority,
+--           token, deliveries, revoked (0|1: revoked and not expired, looked up here
+--           so that the worker needs no second round trip)}. With n = 0, wait_us is the time until the earliest
 --           delayed message is due (-1: none), and the wake lists are emptied.
 local now = now_us()
 local nq, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -104,6 +106,8 @@ for i = 1, math.min(limit, #candidates) do
     out[#out + 1] = st.p
     out[#out + 1] = st.tok
     out[#out + 1] = st.dl
+    local score = redis.call('ZSCORE', KEYS[nq * 5 + 1], st.id)
+    out[#out + 1] = (score and math.floor(tonumber(score) / 2) > now / 1000) and 1 or 0
   end
 end
 
