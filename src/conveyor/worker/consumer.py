@@ -300,7 +300,9 @@ class Worker:
 
     def _lease_lost(self, message_id: str) -> None:
         with self._cond:
-            jobs = [j for j in self._held.values() if j.delivery.id == message_id]
+            jobs = [
+                j for j in self._held.values() if j.delivery.id == message_id and not j.settling
+            ]
         for job in jobs:
             logger.warning("lease of %s was lost; its result will be refused", job.label)
 
@@ -461,6 +463,9 @@ class Worker:
                 batch = [(job, outcome) for job, outcome in batch if outcome is not _EARLY_ACK]
                 self._ack_early(early)
             if batch:
+                with self._cond:
+                    for job, _ in batch:
+                        job.settling = True
                 try:
                     self._settle(batch)
                 except Exception:

@@ -63,6 +63,9 @@ class Job:
     acked: bool = False
     #: A failure for good goes to the dead letters (the task's option).
     dead_letter_on_failure: bool = False
+    #: Its outcome is being settled (acked): a lease renewal that finds the delivery
+    #: gone then is the ack's doing, not a lost lease.
+    settling: bool = False
     received_at: float = field(default_factory=time.monotonic)
 
     @property
