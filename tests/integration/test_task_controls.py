@@ -8,11 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from apps import control_tasks
+from apps import control_tasks, tasks
 from apps.executions import Executions
 from harness import StartWorker, queue_stats, wait_until, workers_of
 
-from conveyor import Conveyor, TaskRevokedError, states
+from conveyor import Conveyor, Task, TaskRevokedError, states
 
 CONTROL_APP = "apps.control_tasks"
 
@@ -34,8 +34,8 @@ def test_a_task_due_after_its_expiry_never_runs_and_is_revoked(
     app: Conveyor, start_control_worker: StartWorker, executions: Executions
 ) -> None:
     # Given a task that expires in 0.3 s but is due only in 1 s, and one that does not expire
-    doomed = control_tasks.tracked.apply_async((0.0,), countdown=1.0, expires=0.3)
-    fine = control_tasks.tracked.apply_async((0.0,), countdown=1.0)
+    doomed = tasks.sleep_then_record.apply_async((0.0,), countdown=1.0, expires=0.3)
+    fine = tasks.sleep_then_record.apply_async((0.0,), countdown=1.0)
 
     # When a worker runs
     start_control_worker("-c", "2").wait_ready()
@@ -56,10 +56,10 @@ def test_a_revoked_task_never_runs_on_any_worker_even_after_every_worker_restart
 ) -> None:
     # Given a worker, and a task due in 2 s that is revoked at once
     first = start_control_worker("-c", "2").wait_ready()
-    revoked = control_tasks.tracked.apply_async((0.0,), countdown=2.0)
+    revoked = tasks.sleep_then_record.apply_async((0.0,), countdown=2.0)
     app.AsyncResult(revoked.id).revoke()
     assert revoked.state == states.REVOKED  # marked at once
-    kept = control_tasks.tracked.apply_async((0.0,), countdown=2.5)
+    kept = tasks.sleep_then_record.apply_async((0.0,), countdown=2.5)
 
     # When every worker is killed and a new one starts (nothing of the revoke in memory)
     first.kill_group()
@@ -75,17 +75,21 @@ def test_a_revoked_task_never_runs_on_any_worker_even_after_every_worker_restart
     assert (stats.ready, stats.delayed, stats.in_flight, stats.dead) == (0, 0, 0, 0)
 
 
-@pytest.mark.parametrize(("pool", "task"), [("prefork", "long_nap"), ("asyncio", "async_long_nap")])
+@pytest.mark.parametrize(
+    ("pool", "task"),
+    [("prefork", tasks.sleep_then_record), ("asyncio", control_tasks.async_long_nap)],
+    ids=["prefork", "asyncio"],
+)
 def test_revoke_with_terminate_stops_a_running_task(
     app: Conveyor,
     start_control_worker: StartWorker,
     executions: Executions,
     pool: str,
-    task: str,
+    task: Task[..., Any],
 ) -> None:
     # Given a worker running a 30 s task
     worker = start_control_worker("-P", pool, "-c", "2").wait_ready()
-    running = getattr(control_tasks, task).delay(30.0)
+    running = task.delay(30.0)
     wait_until(lambda: executions.count(running.id) == 1, 10, "the task to start")
 
     # When it is revoked with terminate=True
@@ -101,7 +105,7 @@ def test_revoke_with_terminate_stops_a_running_task(
     assert executions.ends().get(running.id, 0) == 0
     assert "revoked" in worker.stderr_text()
     # ... and the worker goes on at full strength
-    assert [r.get(timeout=10) for r in [control_tasks.tracked.delay(0.1) for _ in range(2)]] == [
+    assert [r.get(timeout=10) for r in [tasks.sleep_then_record.delay(0.1) for _ in range(2)]] == [
         0.1,
         0.1,
     ]
@@ -172,7 +176,7 @@ def test_a_hundred_enqueues_with_one_unique_key_run_once(
 ) -> None:
     # Given no worker yet, 100 enqueues with the same unique key
     results = [
-        control_tasks.tracked.apply_async((0.2,), unique_key="report:42") for _ in range(100)
+        tasks.sleep_then_record.apply_async((0.2,), unique_key="report:42") for _ in range(100)
     ]
 
     # Then they all got the first one's handle, and one message was queued
@@ -186,7 +190,7 @@ def test_a_hundred_enqueues_with_one_unique_key_run_once(
 
     # And once it has finished, the key is free: the next enqueue is a new task
     settled(app)
-    again = control_tasks.tracked.apply_async((0.0,), unique_key="report:42")
+    again = tasks.sleep_then_record.apply_async((0.0,), unique_key="report:42")
     assert again.id != results[0].id
     assert again.get(timeout=10) == 0.0
 
@@ -196,11 +200,11 @@ def test_unique_until_started_frees_the_key_when_a_worker_starts_the_task(
 ) -> None:
     # Given a unique task freed when it starts, now running
     start_control_worker("-c", "2").wait_ready()
-    first = control_tasks.tracked.apply_async((1.0,), unique_key="k", unique_until="started")
+    first = tasks.sleep_then_record.apply_async((1.0,), unique_key="k", unique_until="started")
     wait_until(lambda: executions.count(first.id) == 1, 10, "the first to start")
 
     # When the same key is sent while it runs
-    second = control_tasks.tracked.apply_async((0.0,), unique_key="k", unique_until="started")
+    second = tasks.sleep_then_record.apply_async((0.0,), unique_key="k", unique_until="started")
 
     # Then it is a new task, and both run
     assert second.id != first.id

@@ -1,4 +1,5 @@
-"""Tasks with cluster-wide controls, on the app of ``apps.tasks`` (``-A apps.control_tasks``)."""
+"""Tasks with cluster-wide controls, on the app of ``apps.tasks`` (``-A apps.control_tasks``;
+its workers also run ``apps.tasks``, e.g. ``sleep_then_record``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from apps.executions import record_event
 from apps.tasks import app
 from conveyor.task import current_request
 
-__all__ = ["app", "async_long_nap", "capped", "limited", "long_nap", "tracked"]
+__all__ = ["app", "async_long_nap", "capped", "limited"]
 
 RATE = 20  # per second, cluster-wide
 CAP = 2  # running at once, cluster-wide
@@ -27,22 +28,6 @@ def limited(i: int) -> None:
 
 @app.task(concurrency_limit=CAP)
 def capped(seconds: float) -> None:
-    _record("start")
-    time.sleep(seconds)
-    _record("end")
-
-
-@app.task
-def tracked(seconds: float) -> float:
-    """Records its start and end around a sleep."""
-    _record("start")
-    time.sleep(seconds)
-    _record("end")
-    return seconds
-
-
-@app.task
-def long_nap(seconds: float) -> None:
     _record("start")
     time.sleep(seconds)
     _record("end")
