@@ -122,6 +122,35 @@ def test_second_sigterm_is_a_cold_shutdown_that_puts_running_tasks_back_in_the_q
     assert (stats.ready, stats.in_flight, stats.dead) == (0, 0, 0)
 
 
+@pytest.mark.brokers("sqlite")  # signal handling does not depend on the broker
+def test_a_burst_of_sigterms_is_a_cold_shutdown_and_never_freezes_the_worker(
+    app: Conveyor, start_worker: StartWorker, executions: Executions
+) -> None:
+    # Given a worker running two long tasks (a signal handler that took a lock could
+    # interrupt the main thread inside that same lock and wait for itself forever)
+    worker = start_worker("-c", "2", "--shutdown-timeout", "30").wait_ready()
+    results = [tasks.sleep_then_record.delay(4.0) for _ in range(2)]
+    wait_until(lambda: len(executions.starts()) == 2, 10, "two tasks to start")
+
+    # When SIGTERMs arrive back to back, as from an impatient supervisor (spaced a
+    # little, or the kernel merges them into one), until the cold shutdown begins
+    sent = time.monotonic()
+    for _ in range(2000):
+        os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(0.0002)
+        if "cold shutdown" in worker.stderr_text():
+            break
+
+    # Then the worker makes a cold shutdown at once, and nothing is lost
+    assert worker.wait(5) == 0
+    assert time.monotonic() - sent < 3
+    assert "cold shutdown" in worker.stderr_text()
+    assert not executions.ends()
+    assert queue_stats(app.broker).ready == 2
+    start_worker("-c", "2").wait_ready()
+    assert [r.get(timeout=20) for r in results] == [4.0, 4.0]
+
+
 def test_ctrl_c_to_the_process_group_is_a_warm_shutdown_that_lets_the_task_finish(
     app: Conveyor, start_worker: StartWorker, executions: Executions
 ) -> None:

@@ -6,7 +6,6 @@ import logging
 import signal
 import sys
 import time
-from types import FrameType
 
 import click
 
@@ -16,6 +15,7 @@ from conveyor.beat import Beat, describe_time
 from conveyor.beat.scheduler import default_hostname
 from conveyor.brokers.base import safe_url
 from conveyor.cli import _AppRef, cli
+from conveyor.signals import SignalRelay
 from conveyor.worker.logs import FORMATS, LEVELS, as_record_line, setup_logging
 
 logger = logging.getLogger("conveyor.beat")
@@ -125,12 +125,11 @@ def beat(
         logger.warning("setting %s has no effect in conveyor: %s", name, reason)
     click.echo(as_record_line(banner(app, scheduler), log_format, "conveyor.beat"), err=True)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int) -> None:
         logger.info("%s: stopping", signal.Signals(signum).name)
         scheduler.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    SignalRelay(on_signal).install()
     scheduler.run()
     app.close()
     sys.exit(0)

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from conveyor import states
@@ -41,6 +40,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
+from conveyor.signals import SignalRelay
 from conveyor.worker.admission import Admission
 from conveyor.worker.autoscale import KEEPALIVE, Autoscaler
 from conveyor.worker.callbacks import Callbacks
@@ -187,8 +187,7 @@ class Worker:
     def run(self) -> int:
         """Run until a shutdown signal; returns the process exit code."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+            SignalRelay(self._on_signal).install()
         self.start()
         while not self._shutdown.wait(0.2):
             if self.pool.failed.is_set() or not all(t.is_alive() for t in self._threads):
@@ -215,7 +214,8 @@ class Worker:
         with self._cond:
             self._cond.notify_all()  # a fetch loop waiting for a free slot stops now
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int) -> None:
+        """SIGTERM / SIGINT, in the signal relay's thread (see ``conveyor.signals``)."""
         name = signal.Signals(signum).name
         if self._shutdown.is_set():
             logger.warning("%s again: cold shutdown, returning running tasks to the queue", name)
