@@ -150,3 +150,29 @@ def test_forget_deletes_the_record(backend: ResultBackend) -> None:
 
     assert backend.get("t1") is None
     backend.forget("t1")  # a no-op once gone
+
+
+def test_waits_in_turn_on_one_thread_each_get_their_own_record(backend: ResultBackend) -> None:
+    # Given waits one after another on one thread (a kept connection may still carry
+    # notifications of the earlier ones)
+    for i in range(5):
+        thread, _ = store_later(backend, 0.02, write(f"t{i}", payload=str(i).encode()))
+        record = backend.wait(f"t{i}", timeout=5.0)
+        thread.join()
+
+        # Then each returns its own task's record, never another's
+        assert record is not None
+        assert (record.task_id, record.payload) == (f"t{i}", str(i).encode())
+
+
+def test_a_waiter_gets_a_large_record_promptly(backend: ResultBackend) -> None:
+    payload = b"x" * 200_000
+    thread, stored_at = store_later(backend, 0.1, write("t1", payload=payload))
+
+    record = backend.wait("t1", timeout=5.0)
+    returned = time.monotonic()
+    thread.join()
+
+    assert record is not None
+    assert record.payload == payload
+    assert 0 <= returned - stored_at[0] < 0.05

@@ -279,3 +279,43 @@ def test_a_result_outlives_a_restart_of_a_persistent_redis_with_its_ttl(
     assert record.state == "SUCCESS"
     with redis_server.client() as raw:
         assert 50_000 < raw.pttl("conveyor:result:t1") <= 60_000
+
+
+def test_waits_in_turn_reuse_one_pubsub_connection_and_need_no_get_for_a_small_record(
+    backend: RedisResultBackend, redis_server: RedisServer
+) -> None:
+    # Given a first wait, which opens this thread's pub/sub connection
+    thread = store_later_in_thread(backend, write("t0"))
+    backend.wait("t0", timeout=5.0)
+    thread.join()
+    with redis_server.client() as raw:
+        raw.config_resetstat()
+
+    # When ten more waits follow, each woken by a small record's notification
+    for i in range(1, 11):
+        thread = store_later_in_thread(backend, write(f"t{i}", payload=b"%d" % i))
+        record = backend.wait(f"t{i}", timeout=5.0)
+        thread.join()
+        assert record is not None
+        assert record.payload == b"%d" % i
+
+    # Then no connection was opened but the one reading the stats, and no wait read
+    # the record after its notification (only before subscribing, and after the
+    # subscription's confirmation)
+    with redis_server.client() as raw:
+        connections = raw.info("stats")["total_connections_received"]
+        gets = raw.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+    assert connections == 1
+    assert gets <= 10 * 2
+
+
+def store_later_in_thread(
+    backend: ResultBackend, record: ResultWrite, delay: float = 0.05
+) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        backend.store(record)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread

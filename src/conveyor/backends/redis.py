@@ -8,18 +8,23 @@ Keys (``prefix`` defaults to ``conveyor``)::
                                 STORED_AT is ``repr(time.time())`` of the writer and
                                 PAYLOAD the result layer's opaque bytes
     {prefix}:result:{task_id}   pub/sub channel (channels and keys are separate
-                                namespaces): every write PUBLISHes the task id
+                                namespaces): every write PUBLISHes the stored
+                                value (empty if over ``INLINE_LIMIT`` bytes)
 
 Round trips: ``store_many`` is one pipeline (SET PX + PUBLISH per record) for
-any number of records. ``wait`` is one GET when the record is already ready;
-otherwise it opens a pub/sub connection, SUBSCRIBEs and reads the confirmation
-(so a write after that cannot be missed), GETs, then blocks on the channel and
-GETs once per notification. A pub/sub reconnect re-subscribes and its
-confirmation triggers a GET too, so a write during an outage is not missed.
+any number of records; a record of up to ``INLINE_LIMIT`` bytes rides on its
+notification, so a waiter needs no GET after it. ``wait`` is one GET when the
+record is already ready; otherwise it SUBSCRIBEs on this thread's pub/sub
+connection (kept open between waits: no connect per wait), reads the
+confirmation (so a write after that cannot be missed), GETs, then blocks on the
+channel. A pub/sub reconnect re-subscribes and its confirmation triggers a GET
+too, so a write during an outage is not missed.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -36,6 +41,9 @@ DEFAULT_PREFIX = "conveyor"
 #: A waiter without a deadline wakes this often to let the connection's health check run;
 #: it reads nothing from Redis when it wakes without a notification.
 BLOCK_SECONDS = 5.0
+#: Records up to this many bytes are sent with their notification (larger ones are
+#: read with a GET, so that a big result does not cross the network twice).
+INLINE_LIMIT = 16 * 1024
 
 
 def pack(state: str, stored_at: float, payload: bytes) -> bytes:
@@ -96,6 +104,7 @@ class RedisResultBackend(ResultBackend):
         connect_url, url_prefix = split_prefix(url)
         self.prefix = prefix or url_prefix or DEFAULT_PREFIX
         self._conn = RedisConnection(connect_url, BackendError, retry_for=retry_for)
+        self._local = threading.local()
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:result:{task_id}"
@@ -103,16 +112,15 @@ class RedisResultBackend(ResultBackend):
     def store_many(self, writes: Sequence[ResultWrite]) -> None:
         stored_at = time.time()
         values = [
-            (self._key(w.task_id), w.task_id, pack(w.state, stored_at, w.payload), w.ttl)
-            for w in writes
+            (self._key(w.task_id), pack(w.state, stored_at, w.payload), w.ttl) for w in writes
         ]
 
         def run(client: redis.Redis) -> None:
             # No MULTI: each SET is idempotent, so a retried partial batch is harmless.
             with client.pipeline(transaction=False) as pipe:
-                for key, task_id, value, ttl in values:
+                for key, value, ttl in values:
                     pipe.set(key, value, px=max(1, round(ttl * 1000)))
-                    pipe.publish(key, task_id)
+                    pipe.publish(key, value if len(value) <= INLINE_LIMIT else b"")
                 pipe.execute()
 
         if values:
@@ -129,27 +137,52 @@ class RedisResultBackend(ResultBackend):
         if ready(record) or (timeout is not None and timeout <= 0):
             return record
         key = self._key(task_id)
-        # redis-py leaves ``pubsub()`` unannotated; it returns a PubSub on the client's pool.
-        pubsub = cast("Callable[[], PubSub]", self._conn.client.pubsub)()
+        channel = key.encode()
+        pubsub = self._pubsub()
         try:
             self._conn.call(lambda _: pubsub.subscribe(key))
             while True:
                 left = BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     return self.get(task_id)  # not the last read: it may have expired since
-                # The first message is SUBSCRIBE's confirmation (again after a reconnect):
-                # from then on no write is missed, so every message means "read it now".
-                if self._listen(pubsub, min(left, BLOCK_SECONDS)) is not None:
+                message = self._listen(pubsub, min(left, BLOCK_SECONDS))
+                # Messages of channels left by earlier waits may still arrive: skip them.
+                if message is None or message.get("channel") != channel:
+                    continue
+                data = message.get("data")
+                if message.get("type") == "message" and isinstance(data, bytes) and data:
+                    record = unpack(task_id, data)
+                else:
+                    # SUBSCRIBE's confirmation (again after a reconnect), or a record too
+                    # big to send along: from the confirmation on no write is missed.
                     record = self.get(task_id)
-                    if ready(record):
-                        return record
+                if ready(record):
+                    return record
         finally:
-            pubsub.close()
+            self._leave(pubsub, key)
 
     def _listen(self, pubsub: PubSub, seconds: float) -> dict[str, Any] | None:
         """The next pub/sub message within ``seconds``, or None."""
         message = self._conn.call(lambda _: pubsub.get_message(timeout=seconds))
         return cast("dict[str, Any] | None", message)
+
+    def _pubsub(self) -> PubSub:
+        """This thread's pub/sub connection (a forked child opens its own)."""
+        held: tuple[int, PubSub] | None = getattr(self._local, "pubsub", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        # redis-py leaves ``pubsub()`` unannotated; it returns a PubSub on the client's pool.
+        pubsub = cast("Callable[[], PubSub]", self._conn.client.pubsub)()
+        self._local.pubsub = (os.getpid(), pubsub)
+        return pubsub
+
+    def _leave(self, pubsub: PubSub, key: str) -> None:
+        """Unsubscribe, keeping the connection for the next wait; drop it if that fails."""
+        try:
+            pubsub.unsubscribe(key)  # type: ignore[no-untyped-call]
+        except Exception:  # a broken connection is dropped, not reported
+            self._local.pubsub = None
+            pubsub.close()
 
     def forget(self, task_id: str) -> None:
         key = self._key(task_id)
@@ -157,4 +190,8 @@ class RedisResultBackend(ResultBackend):
 
     def close(self) -> None:
         """Close this process's connections."""
+        held: tuple[int, PubSub] | None = getattr(self._local, "pubsub", None)
+        if held is not None and held[0] == os.getpid():
+            held[1].close()
+        self._local.pubsub = None
         self._conn.close()
