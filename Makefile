@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers redis unit lock clean docs
+.PHONY: demo test lint typecheck layers redis unit lock clean docs bench bench-quick bench-lock
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@./scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -14,8 +14,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/quickstart/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -31,12 +31,26 @@ docs: $(STAMP)
 redis:
 	@./scripts/ensure-redis.sh
 
+# Two pytest workers: most tests wait on worker processes, not on the CPU.
 test: redis lint typecheck layers
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
+
+# Side by side with Celery, Dramatiq, RQ, arq and SAQ on one redis-server (docs/benchmarks.md).
+# Each peer gets its own virtualenv under .bench/venvs from bench/requirements/*.txt.
+bench: $(STAMP) redis
+	@./bench/setup.sh "$(PYTHON)"
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP) redis
+	@./bench/setup.sh "$(PYTHON)"
+	$(BIN)/python -m bench.run --quick
+
+bench-lock:
+	./bench/setup.sh "$(PYTHON)" --lock
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | sort > requirements/dev.txt.new
 	@{ echo "# Pinned set for development, tests and the demo (make test / make demo)."; echo "# Regenerate: make lock"; cat requirements/dev.txt.new; } > requirements/dev.txt; rm requirements/dev.txt.new
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .bench .mypy_cache .ruff_cache .pytest_cache

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
-import redis
 from redis.client import PubSub
 
 from conveyor.backends.base import READY_STATES, ResultBackend, ResultWrite, StoredResult
@@ -115,20 +114,17 @@ class RedisResultBackend(ResultBackend):
             (self._key(w.task_id), pack(w.state, stored_at, w.payload), w.ttl) for w in writes
         ]
 
-        def run(client: redis.Redis) -> None:
+        commands: list[tuple[Any, ...]] = []
+        for key, value, ttl in values:
+            commands.append(("SET", key, value, "PX", max(1, round(ttl * 1000))))
+            commands.append(("PUBLISH", key, value if len(value) <= INLINE_LIMIT else b""))
+        if commands:
             # No MULTI: each SET is idempotent, so a retried partial batch is harmless.
-            with client.pipeline(transaction=False) as pipe:
-                for key, value, ttl in values:
-                    pipe.set(key, value, px=max(1, round(ttl * 1000)))
-                    pipe.publish(key, value if len(value) <= INLINE_LIMIT else b"")
-                pipe.execute()
-
-        if values:
-            self._conn.call(run)
+            self._conn.call(lambda _: self._conn.execute_many(commands))
 
     def get(self, task_id: str) -> StoredResult | None:
         key = self._key(task_id)
-        value = cast("bytes | None", self._conn.call(lambda client: client.get(key)))
+        value = cast("bytes | None", self._conn.call(lambda _: self._conn.execute("GET", key)))
         return None if value is None else unpack(task_id, value)
 
     def wait(self, task_id: str, timeout: float | None) -> StoredResult | None:

@@ -5,6 +5,10 @@ TCP keepalive on every connection, and ``call_with_retry``: any connection
 error is retried with jittered exponential backoff until a deadline, then
 raised as the caller's "unavailable" error. Lua scripts are atomic, so a
 retried call was either applied whole or not at all.
+
+The hot path (scripts, result writes and reads) runs on each thread's own
+connection through ``execute``: on loopback, checking a connection out of
+redis-py's pool and back costs about as much as the command itself.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.connection import ConnectionInterface
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.config import redact_url
@@ -57,6 +63,10 @@ class RedisConnection:
         self._lock = threading.Lock()
         self._pid = -1
         self._client: redis.Redis | None = None
+        # Each thread's own connection for ``execute`` (the hot path), and all of them
+        # for ``close``.
+        self._local = threading.local()
+        self._direct: list[tuple[int, ConnectionInterface]] = []
 
     @property
     def client(self) -> redis.Redis:
@@ -107,12 +117,55 @@ class RedisConnection:
                 time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
                 delay = min(delay * 2, 2.0)
 
+    def execute(self, *args: Any) -> Any:
+        """One command on this thread's own connection, without the pool's bookkeeping
+        (a pool checkout costs as much as the command on loopback). No retries: run it
+        inside ``call``."""
+        return self.execute_many([args])[0]
+
+    def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Commands sent together (a pipeline, no MULTI) on this thread's own connection;
+        their replies. A command's error reply is raised after every reply is read."""
+        conn = self._own_connection()
+        replies: list[Any] = []
+        error: ResponseError | None = None
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # an answer: the connection is fine
+                    error = error or exc
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]  # the next command reconnects
+            raise
+        if error is not None:
+            raise error
+        return replies
+
+    def _own_connection(self) -> ConnectionInterface:
+        pid = os.getpid()
+        held: tuple[int, ConnectionInterface] | None = getattr(self._local, "conn", None)
+        if held is None or held[0] != pid:
+            held = (pid, self.client.connection_pool.make_connection())
+            self._local.conn = held
+            with self._lock:
+                self._direct.append(held)
+        return held[1]
+
     def close(self) -> None:
         with self._lock:
-            if self._client is not None and self._pid == os.getpid():
+            pid = os.getpid()
+            if self._client is not None and self._pid == pid:
                 self._client.close()
                 self._client.connection_pool.disconnect()
             self._client = None
+            for owner, conn in self._direct:
+                if owner == pid:
+                    conn.disconnect()  # type: ignore[no-untyped-call]
+            self._direct = []
+            self._local = threading.local()
 
 
 def as_str(value: Any) -> str:

@@ -8,6 +8,7 @@ layout and ``scripts/`` for each script's contract.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from conveyor.brokers.base import (
     Broker,
@@ -115,6 +117,10 @@ class RedisBroker(Broker):
         self._conn = RedisConnection(url, BrokerUnavailable, retry_for)
         self._sources = {name: _load(name) for name in _SCRIPTS}
         self._scripts: dict[tuple[int, str], Script] = {}
+        self._shas = {
+            name: hashlib.sha1(source.encode()).hexdigest()
+            for name, source in self._sources.items()
+        }
         self._registered: set[str] = set()
         self._suffix = secrets.token_hex(4)
         # When this process last found Redis out of reach, or reached it again after
@@ -154,10 +160,16 @@ class RedisBroker(Broker):
     def _run(
         self, name: str, keys: Sequence[str], args: Sequence[Any], retry_for: float | None = None
     ) -> Any:
-        def call(client: redis.Redis) -> Any:
-            return self._script(client, name)(keys=list(keys), args=list(args), client=client)
+        return self._call(lambda _: self._eval(name, keys, args), retry_for=retry_for)
 
-        return self._call(call, retry_for=retry_for)
+    def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script on this thread's own connection (see ``RedisConnection.execute``)."""
+        sha = self._shas[name]
+        try:
+            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted Redis has forgotten every script
+            self._conn.execute("SCRIPT", "LOAD", self._sources[name])
+            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def _script(self, client: redis.Redis, name: str) -> Script:
         # Script objects hold the SHA; EVALSHA falls back to loading after NOSCRIPT
@@ -289,13 +301,10 @@ class RedisBroker(Broker):
             k = self._keys(queue)
             attempts = 0
 
-            def call(client: redis.Redis, batch: list[Delivery] = batch, k: QueueKeys = k) -> Any:
+            def call(_: redis.Redis, batch: list[Delivery] = batch, k: QueueKeys = k) -> Any:
                 nonlocal attempts
                 attempts += 1
-                script = self._script(client, "ack")
-                return script(
-                    keys=[k.inflight, k.msg], args=[d.token for d in batch], client=client
-                )
+                return self._eval("ack", [k.inflight, k.msg], [d.token for d in batch])
 
             codes = self._call(call)
             for d, code in zip(batch, codes, strict=True):

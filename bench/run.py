@@ -1,0 +1,208 @@
+"""Run the benchmark: every system through every scenario on one redis-server.
+
+``python -m bench.run [--quick] [--systems conveyor,celery] [--scenarios roundtrip]``
+from the repository root, in the project's ``.venv`` (``make bench`` /
+``make bench-quick`` set everything up first). Each scenario runs ``--reps`` times,
+the systems interleaved so that the machine's drift falls on all of them alike.
+Results: ``bench/results/`` (full) or ``bench/results/quick/``: ``results.json``
+(every run), ``results.md`` (medians with min-max, the targets) and ``results.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.adapter import SYSTEMS
+from bench.report import write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / ".bench" / "venvs"
+
+#: Tasks per run of each scenario: (full, quick).
+SIZES: dict[str, tuple[int, int]] = {
+    "enqueue+drain": (20_000, 2_000),
+    "bulk": (20_000, 2_000),
+    "roundtrip": (500, 100),
+    "io": (2_000, 2_000),
+    "delayed": (10_000, 1_000),
+    "cost": (5_000, 1_000),
+}
+#: A run that takes longer than this is stopped and reported as such.
+RUN_TIMEOUT = 240.0
+
+
+def python_of(system: str) -> str:
+    """The interpreter of ``system``'s environment (conveyor: this one)."""
+    if system == "conveyor":
+        return sys.executable
+    return str(VENVS / system / "bin" / "python")
+
+
+def run_once(system: str, scenario: str, n: int, url: str, workdir: Path) -> dict[str, Any]:
+    """One run in a fresh process of the system's interpreter; its JSON line."""
+    argv = [
+        python_of(system),
+        "-m",
+        "bench.scenario",
+        system,
+        scenario,
+        "--redis",
+        url,
+        "--n",
+        str(n),
+        "--workdir",
+        str(workdir),
+        "--timeout",
+        str(RUN_TIMEOUT - 60),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("VIRTUAL_ENV", None)
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {
+            "system": system,
+            "scenario": scenario,
+            "n": n,
+            "ok": False,
+            "error": f"no answer within {RUN_TIMEOUT:.0f} s",
+        }
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {
+            "system": system,
+            "scenario": scenario,
+            "n": n,
+            "ok": False,
+            "error": f"exit {done.returncode}: {' | '.join(tail)}",
+        }
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["wall_seconds"] = round(time.monotonic() - started, 2)
+    if not result.get("ok"):
+        (workdir / "stderr.txt").write_text(done.stderr)
+    return result
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    redis_version = (
+        subprocess.run(["redis-server", "--version"], capture_output=True, text=True, check=False)
+        .stdout.split()[2]
+        .removeprefix("v=")
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": f"{os.cpu_count()} x {cpu}",
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "kernel": os.uname().release,
+        "python": sys.version.split()[0],
+        "redis-server": redis_version,
+        "conveyor commit": commit or "?",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs, once each")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--scenarios", default=",".join(SIZES))
+    parser.add_argument("--reps", type=int, default=None, help="runs per scenario [3; quick 1]")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    systems = [s for s in args.systems.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS)) + sorted(set(scenarios) - set(SIZES))
+    if unknown:
+        parser.error(f"unknown system or scenario: {', '.join(unknown)}")
+    reps = args.reps or (1 if args.quick else 3)
+    out = args.out or (ROOT / "bench" / "results" / ("quick" if args.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_server import RedisServer  # the tests' real server, persistence off
+
+    scratch = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    server = RedisServer(scratch / "redis")
+    (scratch / "redis").mkdir()
+    server.start()
+    results: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        for rep in range(reps):
+            for scenario in scenarios:
+                n = SIZES[scenario][1 if args.quick else 0]
+                for system in systems:
+                    workdir = scratch / f"{rep}-{scenario}-{system}"
+                    result = run_once(system, scenario, n, server.url, workdir)
+                    result["rep"] = rep
+                    results.append(result)
+                    status = "ok" if result.get("ok") else f"FAILED {result.get('error', '')}"
+                    print(
+                        f"[{time.monotonic() - started:6.0f}s] {rep + 1}/{reps} {scenario:<14}"
+                        f" {system:<9} {status}",
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+    info = {
+        "machine": machine(),
+        "quick": args.quick,
+        "reps": reps,
+        "sizes": {s: SIZES[s][1 if args.quick else 0] for s in scenarios},
+        "seconds": round(time.monotonic() - started),
+    }
+    (out / "results.json").write_text(json.dumps({"info": info, "runs": results}, indent=1))
+    write_report(out, info, results)
+    chart = VENVS / "chart" / "bin" / "python"
+    if chart.exists():
+        subprocess.run(
+            [
+                str(chart),
+                str(ROOT / "bench" / "chart.py"),
+                str(out / "results.json"),
+                str(out / "results.png"),
+            ],
+            check=True,
+        )
+    failed = [r for r in results if not r.get("ok")]
+    print(f"{len(results)} runs in {info['seconds']} s; {len(failed)} failed; see {out}/results.md")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Run one scenario once for one system and print its figures as one JSON line.
+
+``python -m bench.scenario SYSTEM SCENARIO --redis URL --n N --workdir DIR``, run
+with the system's own interpreter from the repository root. The redis-server is
+flushed first; the worker, if any, is stopped before the process ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.adapter import Adapter, load
+from bench.harness import (
+    CommandCounter,
+    Monitor,
+    Records,
+    percentile,
+    start_worker,
+    stop_worker,
+    tree_rss_mb,
+)
+
+CONCURRENCY = 2
+IO_CONCURRENCY = 50
+SLEEP_SECONDS = 0.020
+COUNTDOWN = 2.0
+#: Seconds after the last expected execution during which a duplicate would still be seen.
+DUPLICATE_GRACE = 0.3
+
+
+class Context:
+    def __init__(self, adapter: Adapter, n: int, workdir: Path, timeout: float):
+        self.adapter = adapter
+        self.n = n
+        self.workdir = workdir
+        self.timeout = timeout
+        self.client = redis.Redis.from_url(adapter.redis_url)
+        self.records = Records(workdir / "records")
+        self.counter = CommandCounter(self.client)
+
+    def worker(self, role: str, concurrency: int) -> tuple[Any, str, float]:
+        spec = self.adapter.worker(role, concurrency)
+        started = time.time()
+        proc = start_worker(
+            spec.argv, {**spec.env, **self.records.env()}, self.workdir / "worker.log"
+        )
+        return proc, spec.pool, started
+
+    def finish(self, proc: Any, expected: range, extra: int = 0) -> dict[str, Any]:
+        """Wait for every execution, then a little longer for duplicates."""
+        done = self.records.wait_for(len(expected) + extra, self.timeout, proc)
+        figures: dict[str, Any] = {"complete": done}
+        if proc.poll() is None:
+            figures["worker_rss_mb"] = round(tree_rss_mb(proc.pid), 1)
+        time.sleep(DUPLICATE_GRACE)
+        self.records.poll()
+        stop_worker(proc)
+        run = self.records.run
+        figures["lost"] = run.lost(expected)
+        figures["duplicates"] = run.duplicates()
+        return figures
+
+    def check_pending(self) -> int:
+        pending = self.adapter.pending()
+        if pending != self.n:
+            raise RuntimeError(f"{pending} messages queued after sending {self.n}")
+        return pending
+
+
+def enqueue_and_drain(ctx: Context) -> dict[str, Any]:
+    """Enqueue ``n`` no-op tasks one call each, then drain them with one worker."""
+    expected = range(ctx.n)
+    ctx.counter.reset()
+    t0 = time.perf_counter()
+    ctx.adapter.enqueue("noop", expected)
+    enqueue_seconds = time.perf_counter() - t0
+    ctx.counter.collect()
+    ctx.check_pending()
+    ctx.counter.reset()
+    proc, pool, started = ctx.worker("drain", CONCURRENCY)
+    figures = ctx.finish(proc, expected)
+    ctx.counter.collect()
+    drain_seconds = ctx.records.run.last_time() - started
+    return {
+        "enqueue_per_s": ctx.n / enqueue_seconds,
+        "drain_seconds": drain_seconds,
+        "drain_per_s": ctx.n / drain_seconds,
+        "redis_commands_per_task": sum(ctx.counter.total.values()) / ctx.n,
+        "redis_commands": dict(ctx.counter.total.most_common()),
+        "pool": pool,
+        **figures,
+    }
+
+
+def bulk(ctx: Context) -> dict[str, Any]:
+    """Enqueue ``n`` no-op tasks with the system's bulk API, if it has one."""
+    t0 = time.perf_counter()
+    if not ctx.adapter.enqueue_bulk("noop", range(ctx.n)):
+        return {"supported": False}
+    seconds = time.perf_counter() - t0
+    ctx.check_pending()
+    return {"supported": True, "bulk_per_s": ctx.n / seconds, "lost": 0, "duplicates": 0}
+
+
+def roundtrip(ctx: Context) -> dict[str, Any]:
+    """``n`` sequential send + wait-for-result with an idle worker."""
+    proc, pool, _ = ctx.worker("roundtrip", CONCURRENCY)
+    try:
+        ctx.adapter.roundtrip(range(-20, 0), timeout=60.0)  # the worker is up and warm
+        times = ctx.adapter.roundtrip(range(ctx.n), timeout=10.0)
+    finally:
+        stop_worker(proc)
+    ms = [t * 1000 for t in times]
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms),
+        "pool": pool,
+        "lost": ctx.n - len(ms),
+        "duplicates": 0,
+    }
+
+
+def io_bound(ctx: Context) -> dict[str, Any]:
+    """``n`` tasks sleeping 20 ms on a worker with concurrency 50: first start to last end."""
+    expected = range(ctx.n)
+    if not ctx.adapter.enqueue_bulk("sleep", expected):
+        ctx.adapter.enqueue("sleep", expected)
+    proc, pool, _ = ctx.worker("io", IO_CONCURRENCY)
+    figures = ctx.finish(proc, expected)
+    run = ctx.records.run
+    first_start = min(extra for times in run.seen.values() for _, extra in times)
+    seconds = run.last_time() - first_start
+    ideal = ctx.n * SLEEP_SECONDS / IO_CONCURRENCY
+    return {
+        "seconds": seconds,
+        "ideal_seconds": ideal,
+        "over_ideal": seconds / ideal - 1,
+        "pool": pool,
+        **figures,
+    }
+
+
+def delayed(ctx: Context) -> dict[str, Any]:
+    """``n`` tasks with a 2 s countdown on a running worker: how late each ran."""
+    proc, pool, _ = ctx.worker("delayed", CONCURRENCY)
+    ctx.adapter.enqueue("noop", [-1])
+    if not ctx.records.wait_for(1, 60.0, proc):
+        stop_worker(proc)
+        raise RuntimeError("the worker did not run a first task within 60 s")
+    expected = range(ctx.n)
+    t0 = time.perf_counter()
+    ctx.adapter.enqueue("late", expected, countdown=COUNTDOWN)
+    enqueue_seconds = time.perf_counter() - t0
+    figures = ctx.finish(proc, expected, extra=1)
+    lateness = [
+        (t - due) * 1000 for i, times in ctx.records.run.seen.items() if i >= 0 for t, due in times
+    ]
+    return {
+        "late_p50_ms": percentile(lateness, 50),
+        "late_p99_ms": percentile(lateness, 99),
+        "late_max_ms": max(lateness),
+        "early": sum(1 for ms in lateness if ms < 0),
+        "enqueue_seconds": enqueue_seconds,
+        "pool": pool,
+        **figures,
+    }
+
+
+def cost(ctx: Context) -> dict[str, Any]:
+    """Redis commands per task for enqueue + execute + ack (+ result), with results
+    ignored (``noop``) and stored (``echo``), counted with ``MONITOR``; worker memory."""
+    figures: dict[str, Any] = {"lost": 0, "duplicates": 0}
+    for label, task, offset in (("ignored", "noop", 0), ("stored", "echo", ctx.n)):
+        expected = range(offset, offset + ctx.n)
+        before = ctx.records.poll()
+        monitor = Monitor(ctx.adapter.redis_url)
+        ctx.counter.reset()
+        ctx.adapter.enqueue(task, expected)
+        proc, pool, _ = ctx.worker("drain", CONCURRENCY)
+        phase = ctx.finish(proc, expected, extra=before)
+        ctx.counter.collect()
+        monitor.close()
+        sent = sum(monitor.client_commands.values())
+        inside = sum(monitor.script_commands.values())
+        figures[f"{label}_commands_per_task"] = sent / ctx.n
+        figures[f"{label}_script_commands_per_task"] = inside / ctx.n
+        figures[f"{label}_commands"] = dict(monitor.client_commands.most_common())
+        figures[f"{label}_script_commands"] = dict(monitor.script_commands.most_common())
+        figures["lost"] += phase["lost"]
+        figures["duplicates"] += phase["duplicates"]
+        figures["complete"] = figures.get("complete", True) and phase["complete"]
+        figures["pool"] = pool
+    return figures
+
+
+SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "enqueue+drain": enqueue_and_drain,
+    "bulk": bulk,
+    "roundtrip": roundtrip,
+    "io": io_bound,
+    "delayed": delayed,
+    "cost": cost,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("system")
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {"system": args.system, "scenario": args.scenario, "n": args.n}
+    adapter = load(args.system, args.redis)
+    try:
+        ctx = Context(adapter, args.n, args.workdir, args.timeout)
+        ctx.client.flushall()
+        result.update(SCENARIOS[args.scenario](ctx))
+        result["ok"] = result.get("complete", True) and not result.get("lost")
+        result["versions"] = adapter.versions()
+    except Exception as exc:
+        result["ok"] = False
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    finally:
+        adapter.close()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The benchmark tasks on conveyor (see bench/adapter.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from bench.record import record
+from conveyor import Conveyor
+
+URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+app = Conveyor("bench", broker=URL, backend=URL)
+
+
+@app.task(ignore_result=True)
+def noop(i: int) -> None:
+    record(i)
+
+
+@app.task(ignore_result=True)
+def late(i: int, due: float) -> None:
+    record(i, due)
+
+
+@app.task(ignore_result=True)
+async def sleep(i: int) -> None:
+    start = time.time()
+    await asyncio.sleep(0.020)
+    record(i, start)
+
+
+@app.task
+def echo(i: int) -> int:
+    record(i)
+    return i
