@@ -1044,6 +1044,8 @@ def headers_from_options(
     """The message headers of a send: ``headers`` plus the canvas options, which are
     taken out of ``options``: ``link`` and ``link_error`` (a signature or a list),
     and internally ``chain``, ``chord``, ``group_id``, ``group_index``."""
+    if not options:
+        return dict(headers) if headers else {}
     merged = dict(headers or {})
     for key in (LINK, LINK_ERROR):
         value = options.pop(key, None)

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import datetime as dt
 import inspect
+import math
 import random
 import threading
 import time
@@ -183,6 +184,7 @@ class Task(Generic[P, R]):
         self.__doc__ = fun.__doc__
         self.__wrapped__ = fun
         self._signature: inspect.Signature | None = None
+        self._positional: tuple[int, float] | None = None
 
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
@@ -292,7 +294,12 @@ class Task(Generic[P, R]):
             return
         if self._signature is None:
             self._signature = inspect.signature(self.run)
+            self._positional = _positional_range(self._signature)
         call_args = (None, *args) if self.bind else tuple(args)
+        if not kwargs and self._positional is not None:
+            low, high = self._positional
+            if low <= len(call_args) <= high:
+                return  # the common call, checked without binding (a hot path)
         try:
             self._signature.bind(*call_args, **kwargs)
         except TypeError as exc:
@@ -566,3 +573,20 @@ def expiry(expires: dt.datetime | dt.timedelta | float | None) -> float | None:
 def seconds(value: float | dt.timedelta) -> float:
     """Seconds from a number or a timedelta (public API takes either)."""
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+def _positional_range(signature: inspect.Signature) -> tuple[int, float] | None:
+    """How many positional arguments a call with no keyword arguments may pass (at
+    least, at most), or None if such a call needs a full ``bind`` to be checked (a
+    keyword-only parameter without a default)."""
+    low, high = 0, 0.0
+    for param in signature.parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if param.default is param.empty:
+                low += 1
+        elif param.kind is param.VAR_POSITIONAL:
+            high = math.inf
+        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            return None
+    return low, high

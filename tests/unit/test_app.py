@@ -297,6 +297,39 @@ def test_a_bound_task_is_checked_without_its_self_parameter(app: Conveyor) -> No
     assert stats(app).ready == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fits"),
+    [
+        ((1,), {"k": 2}, True),
+        ((1, 2, 3, 4), {"k": 2}, True),
+        ((), {"k": 2}, False),  # a is missing
+        ((1,), {}, False),  # k is keyword-only and has no default
+        ((1,), {"k": 2, "z": 3}, False),
+    ],
+)
+def test_the_fast_positional_check_agrees_with_binding(
+    app: Conveyor, args: tuple[Any, ...], kwargs: dict[str, Any], fits: bool
+) -> None:
+    @app.task
+    def varied(a: int, b: int = 0, *rest: int, k: int) -> int:
+        return a
+
+    @app.task
+    def plain(a: int, b: int = 0) -> int:
+        return a
+
+    if fits:
+        varied.apply_async(args, kwargs)
+    else:
+        with pytest.raises(TypeError, match=r"varied\(\)"):
+            varied.apply_async(args, kwargs)
+    plain.delay(1)
+    plain.delay(1, 2)
+    for bad in ((), (1, 2, 3)):
+        with pytest.raises(TypeError, match=r"plain\(\)"):
+            plain.apply_async(bad)
+
+
 def test_arguments_that_are_not_json_raise_encode_error_and_send_nothing(app: Conveyor) -> None:
     # Given a task
     @app.task(name="proj.store")

@@ -6,8 +6,8 @@ error is retried with jittered exponential backoff until a deadline, then
 raised as the caller's "unavailable" error. Lua scripts are atomic, so a
 retried call was either applied whole or not at all.
 
-The hot path (scripts, result writes and reads) runs on each thread's own
-connection through ``execute``: on loopback, checking a connection out of
+The hot path (scripts, result writes and reads) runs through ``execute`` on
+connections kept in a plain deque: on loopback, checking a connection out of
 redis-py's pool and back costs about as much as the command itself.
 """
 
@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -63,10 +64,10 @@ class RedisConnection:
         self._lock = threading.Lock()
         self._pid = -1
         self._client: redis.Redis | None = None
-        # Each thread's own connection for ``execute`` (the hot path), and all of them
-        # for ``close``.
-        self._local = threading.local()
-        self._direct: list[tuple[int, ConnectionInterface]] = []
+        # Idle connections for ``execute`` (the hot path): a deque is safe to pop and
+        # append from any thread without a lock. Emptied after a fork.
+        self._idle: deque[ConnectionInterface] = deque()
+        self._idle_pid = -1
 
     @property
     def client(self) -> redis.Redis:
@@ -118,15 +119,16 @@ class RedisConnection:
                 delay = min(delay * 2, 2.0)
 
     def execute(self, *args: Any) -> Any:
-        """One command on this thread's own connection, without the pool's bookkeeping
-        (a pool checkout costs as much as the command on loopback). No retries: run it
-        inside ``call``."""
+        """One command on an idle connection, without redis-py's pool bookkeeping (its
+        checkout costs as much as the command on loopback). No retries: run it inside
+        ``call``."""
         return self.execute_many([args])[0]
 
     def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Commands sent together (a pipeline, no MULTI) on this thread's own connection;
-        their replies. A command's error reply is raised after every reply is read."""
-        conn = self._own_connection()
+        """Commands sent together (a pipeline, no MULTI) on an idle connection of this
+        process; their replies. A command's error reply is raised after every reply
+        is read."""
+        conn = self._checkout()
         replies: list[Any] = []
         error: ResponseError | None = None
         try:
@@ -138,21 +140,25 @@ class RedisConnection:
                     error = error or exc
                     replies.append(exc)
         except BaseException:
-            conn.disconnect()  # type: ignore[no-untyped-call]  # the next command reconnects
+            conn.disconnect()  # type: ignore[no-untyped-call]  # the next use reconnects
             raise
+        finally:
+            self._idle.append(conn)
         if error is not None:
             raise error
         return replies
 
-    def _own_connection(self) -> ConnectionInterface:
+    def _checkout(self) -> ConnectionInterface:
         pid = os.getpid()
-        held: tuple[int, ConnectionInterface] | None = getattr(self._local, "conn", None)
-        if held is None or held[0] != pid:
-            held = (pid, self.client.connection_pool.make_connection())
-            self._local.conn = held
+        if self._idle_pid != pid:
             with self._lock:
-                self._direct.append(held)
-        return held[1]
+                if self._idle_pid != pid:
+                    self._idle = deque()  # a forked child never uses the parent's sockets
+                    self._idle_pid = pid
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self.client.connection_pool.make_connection()
 
     def close(self) -> None:
         with self._lock:
@@ -161,11 +167,10 @@ class RedisConnection:
                 self._client.close()
                 self._client.connection_pool.disconnect()
             self._client = None
-            for owner, conn in self._direct:
-                if owner == pid:
-                    conn.disconnect()  # type: ignore[no-untyped-call]
-            self._direct = []
-            self._local = threading.local()
+            if self._idle_pid == pid:
+                while self._idle:
+                    self._idle.pop().disconnect()  # type: ignore[no-untyped-call]
+            self._idle_pid = -1
 
 
 def as_str(value: Any) -> str:

@@ -137,6 +137,7 @@ class Worker:
         self._cond = threading.Condition()
         self._held: dict[str, Job] = {}  # token -> job, everything not yet settled
         self._outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._settle_lock = threading.Lock()  # one batch settles at a time
         self._stop_fetching = threading.Event()
         self._shutdown = threading.Event()
         self._cold = threading.Event()
@@ -431,6 +432,21 @@ class Worker:
     # -- settling ------------------------------------------------------------------
 
     def _on_done(self, job: Job, outcome: Outcome) -> None:
+        # A pool thread with nothing else to run settles its own outcome when the
+        # settler is idle: one thread hand-off less on the way to the result (the
+        # round trip of an idle worker). Under load outcomes queue up for the
+        # settler, which acknowledges them in batches.
+        if (
+            self.pool.settles_inline
+            and not self.pool.has_pending()
+            and self._settle_lock.acquire(blocking=False)
+        ):
+            try:
+                if self._outcomes.empty():
+                    self._settle_batch([(job, outcome)])
+                    return
+            finally:
+                self._settle_lock.release()
         self._outcomes.put((job, outcome))
 
     def _on_start(self, job: Job) -> None:
@@ -455,30 +471,37 @@ class Worker:
                     stop = True
                 else:
                     batch.append(item)  # type: ignore[arg-type]
-            early = [job for job, outcome in batch if outcome is _EARLY_ACK]
-            for job, outcome in batch:
-                if outcome is not _EARLY_ACK:
-                    self._release_admission(job, outcome)
-            if early:
-                batch = [(job, outcome) for job, outcome in batch if outcome is not _EARLY_ACK]
-                self._ack_early(early)
             if batch:
-                with self._cond:
-                    for job, _ in batch:
-                        job.settling = True
-                try:
-                    self._settle(batch)
-                except Exception:
-                    logger.exception("settling %d outcomes failed; leases will expire", len(batch))
-                finally:
-                    # Settled or not, stop holding them: an unsettled delivery's lease
-                    # then expires and the message is delivered again (at least once).
-                    with self._cond:
-                        for job, _ in batch:
-                            self._held.pop(job.delivery.token, None)
-                        self._cond.notify_all()
+                with self._settle_lock:
+                    self._settle_batch(batch)
             if stop:
                 return
+
+    def _settle_batch(self, batch: list[tuple[Job, Outcome]]) -> None:
+        """Early acks, released limits, then acks and results; under ``_settle_lock``."""
+        early = [job for job, outcome in batch if outcome is _EARLY_ACK]
+        for job, outcome in batch:
+            if outcome is not _EARLY_ACK:
+                self._release_admission(job, outcome)
+        if early:
+            batch = [(job, outcome) for job, outcome in batch if outcome is not _EARLY_ACK]
+            self._ack_early(early)
+        if not batch:
+            return
+        with self._cond:
+            for job, _ in batch:
+                job.settling = True
+        try:
+            self._settle(batch)
+        except Exception:
+            logger.exception("settling %d outcomes failed; leases will expire", len(batch))
+        finally:
+            # Settled or not, stop holding them: an unsettled delivery's lease
+            # then expires and the message is delivered again (at least once).
+            with self._cond:
+                for job, _ in batch:
+                    self._held.pop(job.delivery.token, None)
+                self._cond.notify_all()
 
     def _release_admission(self, job: Job, outcome: Outcome) -> None:
         """Give back the job's concurrency slot; free its unique key once it has ended

@@ -163,7 +163,7 @@ class RedisBroker(Broker):
         return self._call(lambda _: self._eval(name, keys, args), retry_for=retry_for)
 
     def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script on this thread's own connection (see ``RedisConnection.execute``)."""
+        """One script, on a connection of ``RedisConnection.execute`` (no pool checkout)."""
         sha = self._shas[name]
         try:
             return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)

@@ -28,6 +28,9 @@ class Pool(ABC):
     """
 
     name: str
+    #: ``on_done`` is called in the thread that ran the job, which may block in it
+    #: (threads, solo); not from an event loop or a pool's reader thread.
+    settles_inline = False
 
     def __init__(
         self,
@@ -59,6 +62,10 @@ class Pool(ABC):
     @abstractmethod
     def take_pending(self) -> list[Job]:
         """Remove and return the submitted jobs that have not started."""
+
+    def has_pending(self) -> bool:
+        """Whether submitted jobs wait for a slot (a hint: read without the lock)."""
+        return False
 
     @abstractmethod
     def running(self) -> list[Job]:

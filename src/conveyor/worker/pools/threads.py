@@ -23,6 +23,7 @@ class ThreadPool(Pool):
     """
 
     name = "threads"
+    settles_inline = True
 
     def __init__(
         self,
@@ -116,6 +117,9 @@ class ThreadPool(Pool):
         with self._cond:
             self._pending.append(job)
             self._cond.notify()
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def take_pending(self) -> list[Job]:
         with self._cond:
