@@ -34,7 +34,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "roundtrip": (500, 100),
     "io": (2_000, 2_000),
     "delayed": (10_000, 1_000),
-    "cost": (5_000, 1_000),
+    "cost": (1_000, 500),
 }
 #: A run that takes longer than this is stopped and reported as such.
 RUN_TIMEOUT = 240.0

@@ -7,6 +7,7 @@ import fnmatch
 import importlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -370,7 +371,9 @@ class Conveyor:
         )
         body = wire.encode(msg)
         self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta))
-        return AsyncResult(task_id, self)
+        result = AsyncResult(task_id, self)
+        result.sent_at = time.monotonic()
+        return result
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on a task's result by id."""

@@ -136,6 +136,11 @@ def _loaded_class(type_name: str) -> Any:
 _WAIT_SLICE = 1.0
 
 
+#: A result asked for within this many seconds of sending its task is waited for
+#: before it is first read (see ``ResultBackend.wait``'s ``just_sent``).
+JUST_SENT = 0.05
+
+
 class AsyncResult:
     """A handle on a task's result: its state, return value or exception.
 
@@ -145,6 +150,8 @@ class AsyncResult:
 
     #: The result of the step before this one in a chain (set by ``conveyor.canvas``).
     parent: AsyncResult | GroupResult | None = None
+    #: ``time.monotonic()`` when this process sent the task, if it did.
+    sent_at: float | None = None
 
     def __init__(
         self, id: str, app: _HasBackend | None = None, *, backend: ResultBackend | None = None
@@ -238,7 +245,10 @@ class AsyncResult:
         Raises:
             conveyor.exceptions.TimeoutError: the task was not ready in time.
         """
-        record = self._cache or self.backend.wait(self.id, timeout)
+        record = self._cache
+        if record is None:
+            just_sent = self.sent_at is not None and time.monotonic() - self.sent_at < JUST_SENT
+            record = self.backend.wait(self.id, timeout, just_sent=just_sent)
         return self._outcome(record, timeout, propagate)
 
     async def aget(

@@ -176,3 +176,32 @@ def test_a_waiter_gets_a_large_record_promptly(backend: ResultBackend) -> None:
     assert record is not None
     assert record.payload == payload
     assert 0 <= returned - stored_at[0] < 0.05
+
+
+def test_a_wait_told_the_task_was_just_sent_still_finds_a_record_already_there(
+    backend: ResultBackend,
+) -> None:
+    # Given a record written before the wait (a task faster than its sender)
+    backend.store(write("t1", "SUCCESS"))
+    started = time.monotonic()
+
+    # When the sender waits, saying the task was sent a moment ago
+    record = backend.wait("t1", timeout=5.0, just_sent=True)
+
+    # Then the record is returned at once all the same
+    assert record is not None
+    assert record.state == "SUCCESS"
+    assert time.monotonic() - started < 0.1
+
+
+def test_a_wait_told_the_task_was_just_sent_returns_promptly_after_the_write(
+    backend: ResultBackend,
+) -> None:
+    thread, stored_at = store_later(backend, 0.1, write("t1", "SUCCESS"))
+
+    record = backend.wait("t1", timeout=5.0, just_sent=True)
+    returned = time.monotonic()
+    thread.join()
+
+    assert record is not None
+    assert 0 <= returned - stored_at[0] < 0.05

@@ -61,8 +61,13 @@ class ResultBackend(ABC):
         """The current, unexpired record for ``task_id``, or None."""
 
     @abstractmethod
-    def wait(self, task_id: str, timeout: float | None) -> StoredResult | None:
+    def wait(
+        self, task_id: str, timeout: float | None, *, just_sent: bool = False
+    ) -> StoredResult | None:
         """Block until the record is in a READY state, or ``timeout`` passes.
+
+        ``just_sent``: the task was sent a moment ago, so its record is most likely
+        not there yet (a backend may start waiting before its first read).
 
         Returns the record (which may be unready on timeout) or None if there
         is none. ``timeout=None`` waits without limit. Returns within a few
@@ -70,6 +75,12 @@ class ResultBackend(ABC):
         (Redis), else by watching a cheap change counter (SQLite's
         ``data_version``), never by re-reading the record on a timer.
         """
+
+    def writes_for(self, broker: object, writes: Sequence[ResultWrite]) -> list[object] | None:
+        """The writes prepared for ``broker`` to apply with its ack (``Broker.ack_storing``)
+        when both keep their data in one place, so that acknowledging and storing are
+        one step; None if they do not (the worker then acks, then calls ``store_many``)."""
+        return None
 
     @abstractmethod
     def forget(self, task_id: str) -> None:

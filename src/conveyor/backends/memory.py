@@ -47,7 +47,9 @@ class MemoryResultBackend(ResultBackend):
         with self._cond:
             return self._current(task_id)
 
-    def wait(self, task_id: str, timeout: float | None) -> StoredResult | None:
+    def wait(
+        self, task_id: str, timeout: float | None, *, just_sent: bool = False
+    ) -> StoredResult | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:

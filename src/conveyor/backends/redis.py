@@ -34,7 +34,7 @@ from redis.client import PubSub
 
 from conveyor.backends.base import READY_STATES, ResultBackend, ResultWrite, StoredResult
 from conveyor.exceptions import BackendError
-from conveyor.storage.redis import RedisConnection
+from conveyor.storage.redis import KeyWrite, RedisConnection
 
 DEFAULT_PREFIX = "conveyor"
 #: A waiter without a deadline wakes this often to let the connection's health check run;
@@ -108,29 +108,45 @@ class RedisResultBackend(ResultBackend):
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:result:{task_id}"
 
-    def store_many(self, writes: Sequence[ResultWrite]) -> None:
+    def _key_writes(self, writes: Sequence[ResultWrite]) -> list[KeyWrite]:
         stored_at = time.time()
-        values = [
-            (self._key(w.task_id), pack(w.state, stored_at, w.payload), w.ttl) for w in writes
-        ]
+        out = []
+        for w in writes:
+            value = pack(w.state, stored_at, w.payload)
+            notify = value if len(value) <= INLINE_LIMIT else b""
+            out.append(KeyWrite(self._key(w.task_id), value, max(1, round(w.ttl * 1000)), notify))
+        return out
 
+    def store_many(self, writes: Sequence[ResultWrite]) -> None:
         commands: list[tuple[Any, ...]] = []
-        for key, value, ttl in values:
-            commands.append(("SET", key, value, "PX", max(1, round(ttl * 1000))))
-            commands.append(("PUBLISH", key, value if len(value) <= INLINE_LIMIT else b""))
+        for w in self._key_writes(writes):
+            commands.append(("SET", w.key, w.value, "PX", w.px_ms))
+            commands.append(("PUBLISH", w.key, w.notify))
         if commands:
             # No MULTI: each SET is idempotent, so a retried partial batch is harmless.
             self._conn.call(lambda _: self._conn.execute_many(commands))
+
+    def writes_for(self, broker: object, writes: Sequence[ResultWrite]) -> list[object] | None:
+        """Key writes for a Redis broker on this same server (the same URL)."""
+        if getattr(broker, "redis_url", None) != self._conn.url:
+            return None
+        return list(self._key_writes(writes))
 
     def get(self, task_id: str) -> StoredResult | None:
         key = self._key(task_id)
         value = cast("bytes | None", self._conn.call(lambda _: self._conn.execute("GET", key)))
         return None if value is None else unpack(task_id, value)
 
-    def wait(self, task_id: str, timeout: float | None) -> StoredResult | None:
+    def wait(
+        self, task_id: str, timeout: float | None, *, just_sent: bool = False
+    ) -> StoredResult | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        record = self.get(task_id)
-        if ready(record) or (timeout is not None and timeout <= 0):
+        if timeout is not None and timeout <= 0:
+            return self.get(task_id)
+        # A task sent a moment ago has no result yet: subscribe first (and read it
+        # once subscribed), rather than read, subscribe and read again.
+        record = None if just_sent else self.get(task_id)
+        if ready(record):
             return record
         key = self._key(task_id)
         channel = key.encode()

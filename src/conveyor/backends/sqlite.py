@@ -79,7 +79,9 @@ class SqliteResultBackend(ResultBackend):
             ).fetchone()
         return None if row is None else StoredResult(*row)
 
-    def wait(self, task_id: str, timeout: float | None) -> StoredResult | None:
+    def wait(
+        self, task_id: str, timeout: float | None, *, just_sent: bool = False
+    ) -> StoredResult | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             mark = self._db.mark()  # before the read, so no write slips between

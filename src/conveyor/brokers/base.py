@@ -27,7 +27,7 @@ import enum
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from conveyor.config import redact_url
@@ -183,6 +183,15 @@ class Broker(ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove each delivered message for good; per delivery, True if the
         token was current, False (and nothing changed) if it was stale."""
+
+    def ack_storing(
+        self, deliveries: Sequence[Delivery], writes: Mapping[str, object]
+    ) -> list[bool]:
+        """``ack``, and in the same atomic step apply, for each delivery acknowledged,
+        the result write prepared for it (``writes``: token -> what the result
+        backend's ``writes_for`` returned for this broker). Only called with writes
+        a backend prepared for this broker."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store results with its acks")
 
     @abstractmethod
     def release(self, delivery: Delivery) -> bool:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -171,6 +172,18 @@ class RedisConnection:
                 while self._idle:
                     self._idle.pop().disconnect()  # type: ignore[no-untyped-call]
             self._idle_pid = -1
+
+
+@dataclass(frozen=True, slots=True)
+class KeyWrite:
+    """A result write ready for a Redis script: ``SET key value PX px_ms``, then
+    ``PUBLISH key notify``. The result backend prepares them; the broker applies them
+    with its ack when both live on one server (one round trip, fenced by the ack)."""
+
+    key: str
+    value: bytes
+    px_ms: int
+    notify: bytes
 
 
 def as_str(value: Any) -> str:

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ from conveyor.brokers.redis.keys import (
     slots_key,
 )
 from conveyor.exceptions import BrokerUnavailable
-from conveyor.storage.redis import RedisConnection, as_str
+from conveyor.storage.redis import KeyWrite, RedisConnection, as_str
 
 HISTORY_LENGTH = 20
 RECLAIM_BATCH = 500
@@ -127,11 +127,15 @@ class RedisBroker(Broker):
         # that (monotonic): reclaim waits one lease from then (see ``reclaim``).
         self._unreachable_at = -math.inf
         self._down = False
+        self._queue_keys: dict[str, QueueKeys] = {}
 
     # -- plumbing ----------------------------------------------------------------
 
     def _keys(self, queue: str) -> QueueKeys:
-        return queue_keys(self.prefix, queue)
+        keys = self._queue_keys.get(queue)
+        if keys is None:  # validated once per name (a hot path: every message)
+            keys = self._queue_keys[queue] = queue_keys(self.prefix, queue)
+        return keys
 
     def _call(self, fn: Callable[[redis.Redis], T], *, retry_for: float | None = None) -> T:
         """``fn(client)`` with the connection's retries, noting when Redis was out of
@@ -293,25 +297,45 @@ class RedisBroker(Broker):
         return out
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return self.ack_storing(deliveries, {})
+
+    def ack_storing(
+        self, deliveries: Sequence[Delivery], writes: Mapping[str, object]
+    ) -> list[bool]:
         result: dict[str, bool] = {}
         by_queue: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_queue[d.queue].append(d)
         for queue, batch in by_queue.items():
             k = self._keys(queue)
+            keys = [k.inflight, k.msg]
+            args: list[Any] = [len(batch), *(d.token for d in batch)]
+            for index, d in enumerate(batch, 1):
+                w = writes.get(d.token)
+                if w is not None:
+                    assert isinstance(w, KeyWrite), "writes_for() of another broker"
+                    keys.append(w.key)
+                    args += [index, w.value, w.px_ms, w.notify]
             attempts = 0
 
-            def call(_: redis.Redis, batch: list[Delivery] = batch, k: QueueKeys = k) -> Any:
+            def call(_: redis.Redis, keys: list[str] = keys, args: list[Any] = args) -> Any:
                 nonlocal attempts
                 attempts += 1
-                return self._eval("ack", [k.inflight, k.msg], [d.token for d in batch])
+                return self._eval("ack", keys, args)
 
             codes = self._call(call)
             for d, code in zip(batch, codes, strict=True):
-                # -1 (gone) after a retry: our earlier attempt acked it before the
-                # connection dropped. On a first attempt it means another consumer did.
+                # -1 (gone) after a retry: our earlier attempt acked it (and stored its
+                # result) before the connection dropped. On a first attempt it means
+                # another consumer did.
                 result[d.token] = int(code) == 1 or (int(code) == -1 and attempts > 1)
         return [result[d.token] for d in deliveries]
+
+    @property
+    def redis_url(self) -> str:
+        """The server this broker keeps its data on (a result backend on the same URL
+        can have its writes applied with the acks)."""
+        return self._conn.url
 
     def _settle(self, delivery: Delivery, *args: Any) -> str:
         return as_str(self._run("settle", self._settle_keys(delivery.queue), args))

@@ -19,8 +19,11 @@ renewed by the worker's heartbeat; a lease that expires means its worker is gone
 
 Results (`conveyor/backends/redis.py`) are one string key per task,
 `P:result:{task_id}`, written with `PX` = `result_expires` on every write, and a
-pub/sub channel of the same name on which each write publishes the task id, so
-`AsyncResult.get()` wakes as soon as the result is stored.
+pub/sub channel of the same name on which each write publishes the stored value
+(empty if over 16 KiB), so `AsyncResult.get()` wakes as soon as the result is
+stored, usually with the value in hand. When the result backend is on the
+broker's Redis (the same URL), a worker's results are written by `ack.lua`
+with their acks: one round trip, and a stale delivery stores nothing.
 """
 
 
