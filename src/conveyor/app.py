@@ -8,7 +8,6 @@ import importlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar, overload
@@ -354,7 +353,7 @@ class Conveyor:
         check_priority(priority)
         if ignore_result is None:
             ignore_result = self.conf.task_ignore_result
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or wire.new_id()
         msg = wire.Message(
             id=task_id,
             task=name,

@@ -426,11 +426,13 @@ class Settings(MutableMapping[str, Any]):
 
     # Attribute access mirrors item access.
     def __getattr__(self, name: str) -> Any:
-        # Reached only when normal lookup fails; copy and pickle probe private names.
+        # Reached only when normal lookup fails; copy and pickle probe private names
+        # (before ``_values`` exists). Settings first: every send reads several.
+        values = self.__dict__.get("_values")
+        if values is not None and name in values:
+            return values[name]
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in self._values:
-            return self._values[name]
         if name in IGNORED:
             raise AttributeError(f"{name} is not set (conveyor does not need it: {IGNORED[name]})")
         raise AttributeError(_unknown(name, uppercase_ok=False))

@@ -13,6 +13,7 @@ counts deliveries (a crashed worker cannot update the body it held).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,16 @@ import orjson
 from conveyor.exceptions import DecodeError, EncodeError
 
 PROTOCOL_VERSION = 1
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but several times
+    faster (every send makes one)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)

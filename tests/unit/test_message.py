@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 import pytest
 
 from conveyor.exceptions import DecodeError, EncodeError
-from conveyor.message import PROTOCOL_VERSION, Message, decode, encode, peek_id
+from conveyor.message import PROTOCOL_VERSION, Message, decode, encode, new_id, peek_id
 
 
 def full_message() -> Message:
@@ -258,3 +259,14 @@ def test_peek_id_reads_the_id_of_a_message_that_does_not_decode() -> None:
 )
 def test_peek_id_is_none_when_no_id_can_be_read(body: bytes) -> None:
     assert peek_id(body) is None
+
+
+def test_new_ids_are_version_4_uuids_and_do_not_repeat() -> None:
+    ids = [new_id() for _ in range(10_000)]
+
+    assert len(set(ids)) == len(ids)
+    for text in ids[:100]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
