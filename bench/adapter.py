@@ -17,8 +17,10 @@ one-liner around ``bench.record.record``:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 
 #: Every system, in the order of the tables; each is ``bench.systems.<name>_adapter``.
 SYSTEMS = ("conveyor", "celery", "dramatiq", "rq", "arq", "saq")
@@ -72,6 +74,32 @@ class Adapter:
 
     def close(self) -> None:
         """Release connections (the process ends soon after)."""
+
+
+def timed_calls(ids: Sequence[int], call: Callable[[int], object]) -> list[float]:
+    """``call(i)`` for each ``i`` in turn (send ``echo(i)``, wait for its result),
+    which must return ``i``: the seconds each took."""
+    times = []
+    for i in ids:
+        t0 = time.perf_counter()
+        value = call(i)
+        times.append(time.perf_counter() - t0)
+        if value != i:
+            raise AssertionError(f"echo({i}) returned {value!r}")
+    return times
+
+
+def send_each(tasks: ModuleType, task: str, ids: Sequence[int], countdown: float | None) -> None:
+    """``Adapter.enqueue`` through Celery's API (``apply_async``), which conveyor keeps."""
+    if task == "late":
+        late = tasks.late.apply_async
+        assert countdown is not None
+        for i in ids:
+            late((i, time.time() + countdown), countdown=countdown)
+        return
+    send = getattr(tasks, task).apply_async
+    for i in ids:
+        send((i,), countdown=countdown)
 
 
 def load(name: str, redis_url: str) -> Adapter:

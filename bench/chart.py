@@ -55,7 +55,8 @@ def main(source: str, target: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=8, rotation=30)
         for i, v in enumerate(mids):
-            ax.annotate(f"{v:,.3g}", (i, v), ha="center", va="bottom", fontsize=7)
+            label = f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+            ax.annotate(label, (i, v), ha="center", va="bottom", fontsize=7)
     m = data["info"]["machine"]
     fig.suptitle(
         f"conveyor beside its peers · {m['date']} · {m['cpu']} · redis-server "

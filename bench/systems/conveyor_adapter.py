@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from bench.adapter import Adapter, WorkerSpec
+from bench.adapter import Adapter, WorkerSpec, send_each, timed_calls
 
 #: ``--prefetch-multiplier`` for no-op tasks (the default, 1, suits long tasks).
 DRAIN_PREFETCH = 64
@@ -32,15 +31,7 @@ class ConveyorAdapter(Adapter):
         }
 
     def enqueue(self, task: str, ids: Sequence[int], countdown: float | None = None) -> None:
-        if task == "late":
-            late = self.tasks.late.apply_async
-            assert countdown is not None
-            for i in ids:
-                late((i, time.time() + countdown), countdown=countdown)
-            return
-        send = getattr(self.tasks, task).apply_async
-        for i in ids:
-            send((i,), countdown=countdown)
+        send_each(self.tasks, task, ids, countdown)
 
     def enqueue_bulk(self, task: str, ids: Sequence[int]) -> bool:
         delay = getattr(self.tasks, task).delay
@@ -54,14 +45,7 @@ class ConveyorAdapter(Adapter):
 
     def roundtrip(self, ids: Sequence[int], timeout: float) -> list[float]:
         delay = self.tasks.echo.delay
-        times = []
-        for i in ids:
-            t0 = time.perf_counter()
-            value = delay(i).get(timeout=timeout)
-            times.append(time.perf_counter() - t0)
-            if value != i:
-                raise AssertionError(f"echo({i}) returned {value!r}")
-        return times
+        return timed_calls(ids, lambda i: delay(i).get(timeout=timeout))
 
     def worker(self, role: str, concurrency: int) -> WorkerSpec:
         conveyor = os.path.join(os.path.dirname(sys.executable), "conveyor")

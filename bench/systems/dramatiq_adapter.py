@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from bench.adapter import Adapter, WorkerSpec
+from bench.adapter import Adapter, WorkerSpec, timed_calls
 
 #: Messages prefetched per worker thread for no-op tasks (``dramatiq_queue_prefetch``
 #: is a total; its default is 2 per thread).
@@ -63,14 +63,7 @@ class DramatiqAdapter(Adapter):
     def roundtrip(self, ids: Sequence[int], timeout: float) -> list[float]:
         send = self.tasks.echo.send
         timeout_ms = round(timeout * 1000)
-        times = []
-        for i in ids:
-            t0 = time.perf_counter()
-            value = send(i).get_result(block=True, timeout=timeout_ms)
-            times.append(time.perf_counter() - t0)
-            if value != i:
-                raise AssertionError(f"echo({i}) returned {value!r}")
-        return times
+        return timed_calls(ids, lambda i: send(i).get_result(block=True, timeout=timeout_ms))
 
     def worker(self, role: str, concurrency: int) -> WorkerSpec:
         dramatiq = os.path.join(os.path.dirname(sys.executable), "dramatiq")

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from rq import Queue
 from rq.results import Result
 
-from bench.adapter import Adapter, WorkerSpec
+from bench.adapter import Adapter, WorkerSpec, timed_calls
 
 #: Runs each job in the worker process itself instead of forking a work horse per job.
 WORKER_CLASS = "rq.worker.SimpleWorker"
@@ -68,16 +68,16 @@ class RQAdapter(Adapter):
         enqueue = self.queue.enqueue
         echo = self.tasks.echo
         block = max(1, math.ceil(timeout))  # whole seconds (XREAD BLOCK on the result stream)
-        times = []
-        for i in ids:
-            t0 = time.perf_counter()
+
+        def call(i: int) -> object:
             result = enqueue(echo, i).latest_result(timeout=block)
-            times.append(time.perf_counter() - t0)
             if result is None:
                 raise TimeoutError(f"echo({i}): no result within {block} s")
-            if result.type != Result.Type.SUCCESSFUL or result.return_value != i:
-                raise AssertionError(f"echo({i}) gave {result!r}: {result.return_value!r}")
-        return times
+            if result.type != Result.Type.SUCCESSFUL:
+                raise AssertionError(f"echo({i}) gave {result!r}")
+            return result.return_value
+
+        return timed_calls(ids, call)
 
     def worker(self, role: str, concurrency: int) -> WorkerSpec:
         rq = os.path.join(os.path.dirname(sys.executable), "rq")
