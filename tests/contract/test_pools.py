@@ -883,3 +883,37 @@ def test_prefork_keeps_a_child_that_starts_above_max_memory_per_child(
     assert {outcome.state for _, outcome in calls} == {states.SUCCESS}
     assert isinstance(harness.pool, PreforkPool)
     assert harness.pool.pids() == list(pids)
+
+
+class AskingDone(Done):
+    """Also asks the pool, inside each ``on_done``, whether it may settle there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool: Pool | None = None
+        self.answers: list[bool] = []
+
+    def __call__(self, job: Job, outcome: Outcome) -> None:
+        assert self.pool is not None
+        self.answers.append(self.pool.may_settle_inline())
+        super().__call__(job, outcome)
+
+
+def test_only_a_threads_pool_thread_with_nothing_waiting_may_settle_inline(
+    pool_name: str, lab: Lab
+) -> None:
+    # Given a pool of one whose on_done asks it
+    done = AskingDone()
+    pool = done.pool = build_pool(pool_name, lab, 1, done)
+    pool.start()
+    try:
+        # When one job runs alone (solo runs it inside submit)
+        pool.submit(make_job("j1", "ok"))
+        done.wait(1)
+
+        # Then only a threads-pool thread may settle it in place; never the caller
+        assert done.answers == [pool_name == "threads"]
+        assert pool.may_settle_inline() is False
+    finally:
+        lab.release()
+        pool.stop()

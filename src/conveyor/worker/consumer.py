@@ -436,11 +436,7 @@ class Worker:
         # settler is idle: one thread hand-off less on the way to the result (the
         # round trip of an idle worker). Under load outcomes queue up for the
         # settler, which acknowledges them in batches.
-        if (
-            self.pool.settles_inline
-            and not self.pool.has_pending()
-            and self._settle_lock.acquire(blocking=False)
-        ):
+        if self.pool.may_settle_inline() and self._settle_lock.acquire(blocking=False):
             try:
                 if self._outcomes.empty():
                     self._settle_batch([(job, outcome)])

@@ -28,9 +28,6 @@ class Pool(ABC):
     """
 
     name: str
-    #: ``on_done`` is called in the thread that ran the job, which may block in it
-    #: (threads, solo); not from an event loop or a pool's reader thread.
-    settles_inline = False
 
     def __init__(
         self,
@@ -63,8 +60,10 @@ class Pool(ABC):
     def take_pending(self) -> list[Job]:
         """Remove and return the submitted jobs that have not started."""
 
-    def has_pending(self) -> bool:
-        """Whether submitted jobs wait for a slot (a hint: read without the lock)."""
+    def may_settle_inline(self) -> bool:
+        """Whether the thread calling ``on_done`` may block in it to settle the outcome
+        itself: a thread of the pool's own that ran the job, with no job waiting for
+        it (not an event loop, a reader thread or the time-limit watcher)."""
         return False
 
     @abstractmethod

@@ -23,7 +23,6 @@ class ThreadPool(Pool):
     """
 
     name = "threads"
-    settles_inline = True
 
     def __init__(
         self,
@@ -40,6 +39,7 @@ class ThreadPool(Pool):
         self._threads: list[threading.Thread] = []
         self._live = 0  # threads taking jobs (not abandoned, not told to leave)
         self._deadlines = Deadlines(on_overrun=self._abandon)
+        self._local = threading.local()  # .worker: this thread is one of ours
 
     def start(self) -> None:
         with self._cond:
@@ -57,6 +57,7 @@ class ThreadPool(Pool):
 
     def _work(self) -> None:
         ident = threading.get_ident()
+        self._local.worker = True
         while True:
             with self._cond:
                 while not self._pending and not self._stopping and self._live <= self.concurrency:
@@ -118,8 +119,8 @@ class ThreadPool(Pool):
             self._pending.append(job)
             self._cond.notify()
 
-    def has_pending(self) -> bool:
-        return bool(self._pending)
+    def may_settle_inline(self) -> bool:
+        return getattr(self._local, "worker", False) and not self._pending
 
     def take_pending(self) -> list[Job]:
         with self._cond:
