@@ -179,17 +179,15 @@ def delayed(ctx: Context) -> dict[str, Any]:
 
 def cost(ctx: Context) -> dict[str, Any]:
     """Redis commands per task for enqueue + execute + ack (+ result), with results
-    ignored (``noop``) and stored (``echo``), counted with ``MONITOR``; worker memory."""
+    ignored (``noop``) and stored (``echo``), counted with ``MONITOR``."""
     figures: dict[str, Any] = {"lost": 0, "duplicates": 0}
     for label, task, offset in (("ignored", "noop", 0), ("stored", "echo", ctx.n)):
         expected = range(offset, offset + ctx.n)
         before = ctx.records.poll()
         monitor = Monitor(ctx.adapter.redis_url)
-        ctx.counter.reset()
         ctx.adapter.enqueue(task, expected)
         proc, pool, _ = ctx.worker("drain", CONCURRENCY)
         phase = ctx.finish(proc, expected, extra=before)
-        ctx.counter.collect()
         monitor.close()
         sent = sum(monitor.client_commands.values())
         inside = sum(monitor.script_commands.values())

@@ -379,11 +379,10 @@ def cli_app(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     ``beat_schedule`` given by the test), logging left alone."""
     from click.testing import CliRunner
 
-    from conveyor.cli import beat_cmd, cli, worker_cmd
+    from conveyor.cli import cli, common
 
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(beat_cmd, "setup_logging", lambda *a, **k: None)
-    monkeypatch.setattr(worker_cmd, "setup_logging", lambda *a, **k: None)
+    monkeypatch.setattr(common, "setup_logging", lambda *a, **k: None)
 
     def run(schedule: str, *args: str) -> Any:
         name = f"beatcli_{uuid.uuid4().hex}"

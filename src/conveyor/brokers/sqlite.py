@@ -172,6 +172,14 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def _mark(conn: sqlite3.Connection, key: str, t: float) -> float | None:
+    """The unexpired mark of ``key`` at time ``t`` (see ``advance``), or None."""
+    row = conn.execute(
+        "SELECT value FROM conveyor_marks WHERE key = ? AND expires_at > ?", (key, t)
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
@@ -560,18 +568,11 @@ class SqliteBroker(Broker):
         check_positive("ttl", ttl)
         if value is None:
             with self._db.snapshot() as conn:
-                row = conn.execute(
-                    "SELECT value FROM conveyor_marks WHERE key = ? AND expires_at > ?",
-                    (key, now()),
-                ).fetchone()
-            return None if row is None else float(row[0])
+                return _mark(conn, key, now())
         check_finite("value", value)
         with self._db.transaction() as conn:
             t = now()
-            row = conn.execute(
-                "SELECT value FROM conveyor_marks WHERE key = ? AND expires_at > ?", (key, t)
-            ).fetchone()
-            previous = None if row is None else float(row[0])
+            previous = _mark(conn, key, t)
             if previous is None or value > previous:
                 conn.execute(
                     "INSERT OR REPLACE INTO conveyor_marks (key, value, expires_at)"

@@ -15,17 +15,11 @@ from conveyor.beat import Beat, describe_time
 from conveyor.beat.scheduler import default_hostname
 from conveyor.brokers.base import safe_url
 from conveyor.cli import _AppRef, cli
+from conveyor.cli.common import hostname_option, load_app, logging_options
 from conveyor.signals import SignalRelay
-from conveyor.worker.logs import FORMATS, LEVELS, as_record_line, setup_logging
+from conveyor.worker.logs import as_record_line
 
 logger = logging.getLogger("conveyor.beat")
-
-
-def hostname_option(value: str | None, default: str) -> str:
-    """``-n`` as the worker reads it: ``%h`` is the host name."""
-    if not value:
-        return default
-    return value.replace("%h", default.split("@", 1)[-1])
 
 
 def summary(beat: Beat) -> str:
@@ -80,12 +74,7 @@ def list_entries(beat: Beat) -> str:
     type=click.FloatRange(min=0, min_open=True),
     help="Longest sleep between looks at the schedule, in seconds [beat_max_loop_interval=1].",
 )
-@click.option("-l", "--loglevel", type=click.Choice(LEVELS, case_sensitive=False), default="info")
-@click.option(
-    "--log-format",
-    type=click.Choice(FORMATS),
-    help="Log lines as text or as JSON objects [worker_log_format=text].",
-)
+@logging_options
 @click.option("-s", "--schedule", "schedule_file", hidden=True, help="Celery's; ignored.")
 @click.pass_obj
 def beat(
@@ -102,12 +91,7 @@ def beat(
     Run as many as you like (one per host, or `worker --beat` in every worker): each
     slot is claimed in the broker and sent once.
     """
-    setup_logging(loglevel, log_format or "text")
-    app = ref.load()
-    app.import_modules()
-    log_format = log_format or app.conf.worker_log_format
-    if log_format != "text":
-        setup_logging(loglevel, log_format)
+    app, log_format = load_app(ref, loglevel, log_format)
     scheduler = Beat(
         app,
         hostname=hostname_option(hostname, default_hostname()),

@@ -11,10 +11,11 @@ import click
 from conveyor import __version__
 from conveyor.beat import Beat
 from conveyor.cli import _AppRef, beat_cmd, cli
+from conveyor.cli.common import hostname_option, load_app, logging_options
 from conveyor.worker import Worker, WorkerOptions, default_hostname
 from conveyor.worker.autoscale import parse_autoscale
 from conveyor.worker.banner import banner
-from conveyor.worker.logs import FORMATS, LEVELS, as_record_line, setup_logging
+from conveyor.worker.logs import as_record_line
 from conveyor.worker.pools import POOLS
 
 logger = logging.getLogger("conveyor.worker")
@@ -35,12 +36,7 @@ logger = logging.getLogger("conveyor.worker")
     type=click.IntRange(min=1),
     help="Messages held per concurrency slot [worker_prefetch_multiplier=1].",
 )
-@click.option("-l", "--loglevel", type=click.Choice(LEVELS, case_sensitive=False), default="info")
-@click.option(
-    "--log-format",
-    type=click.Choice(FORMATS),
-    help="Log lines as text or as JSON objects [worker_log_format=text].",
-)
+@logging_options
 @click.option(
     "--heartbeat-file",
     type=click.Path(dir_okay=False),
@@ -76,16 +72,9 @@ def worker(
     with_beat: bool,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM or Ctrl-C."""
-    setup_logging(loglevel, log_format or "text")  # before the app: its import may log
-    app = ref.load()
-    app.import_modules()
+    app, log_format = load_app(ref, loglevel, log_format)
     conf = app.conf
-    log_format = log_format or conf.worker_log_format
-    if log_format != "text":
-        setup_logging(loglevel, log_format)
-    host = default_hostname()
-    if hostname:
-        host = hostname.replace("%h", host.split("@", 1)[-1])
+    host = hostname_option(hostname, default_hostname())
     options = WorkerOptions(
         queues=[q.strip() for q in (queues or conf.task_default_queue).split(",") if q.strip()],
         concurrency=concurrency or conf.worker_concurrency or os.cpu_count() or 1,

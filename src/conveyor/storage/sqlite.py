@@ -83,6 +83,21 @@ def _keep_in_child() -> None:
 os.register_at_fork(before=_pin, after_in_parent=_unpin_in_parent, after_in_child=_keep_in_child)
 
 
+def _while_busy(conn: sqlite3.Connection, sql: str, pause: tuple[float, float]) -> None:
+    """Execute ``sql``, retried after a random pause in ``pause`` (seconds) while the
+    file is busy, up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(*pause))
+
+
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     """``BEGIN IMMEDIATE``, waiting for the write lock up to the busy timeout.
 
@@ -92,16 +107,7 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
     """
     conn.execute("PRAGMA busy_timeout = 0")
     try:
-        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
-                if not busy or time.monotonic() > deadline:
-                    raise
-            time.sleep(random.uniform(0.0001, 0.001))
+        _while_busy(conn, "BEGIN IMMEDIATE", (0.0001, 0.001))
     finally:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
 
@@ -113,16 +119,7 @@ def _journal_wal(conn: sqlite3.Connection) -> None:
     and SQLite answers SQLITE_BUSY at once, without waiting, while another process
     holds a lock on it: processes that open a new file together would fail.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-            if not busy or time.monotonic() > deadline:
-                raise
-        time.sleep(random.uniform(0.001, 0.005))
+    _while_busy(conn, "PRAGMA journal_mode=WAL", (0.001, 0.005))
 
 
 class Mark(NamedTuple):

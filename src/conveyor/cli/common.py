@@ -1,0 +1,49 @@
+"""What the long-running commands (``worker``, ``beat``) share: their logging options,
+loading the app with logging set up, and ``-n`` with ``%h``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from conveyor.worker.logs import FORMATS, LEVELS, setup_logging
+
+if TYPE_CHECKING:
+    from conveyor.cli import _AppRef
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def logging_options(command: F) -> F:
+    """``-l/--loglevel`` and ``--log-format``."""
+    command = click.option(
+        "--log-format",
+        type=click.Choice(FORMATS),
+        help="Log lines as text or as JSON objects [worker_log_format=text].",
+    )(command)
+    return click.option(
+        "-l", "--loglevel", type=click.Choice(LEVELS, case_sensitive=False), default="info"
+    )(command)
+
+
+def load_app(ref: _AppRef, loglevel: str, log_format: str | None) -> tuple[Any, str]:
+    """The app, its modules imported, and the log format in force (the option, else
+    ``worker_log_format``). Logging is set up before the app is imported (its import
+    may log) and again once the app's setting is known."""
+    setup_logging(loglevel, log_format or "text")
+    app = ref.load()
+    app.import_modules()
+    log_format = log_format or app.conf.worker_log_format
+    if log_format != "text":
+        setup_logging(loglevel, log_format)
+    return app, log_format
+
+
+def hostname_option(value: str | None, default: str) -> str:
+    """``-n`` as Celery reads it: ``%h`` is the host name (``default`` without its
+    ``name@``); no value means ``default``."""
+    if not value:
+        return default
+    return value.replace("%h", default.split("@", 1)[-1])
