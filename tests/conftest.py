@@ -24,8 +24,9 @@ def _started(server: RedisServer) -> RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the session (no password, nothing persisted); tests may stop it."""
-    server = _started(RedisServer(tmp_path_factory.mktemp("redis")))
+    """One redis-server for the session (no password, nothing persisted, ``DEBUG`` allowed
+    so that a test can stall it with ``DEBUG SLEEP``); tests may stop it."""
+    server = _started(RedisServer(tmp_path_factory.mktemp("redis"), debug_command=True))
     yield server
     server.stop()
 

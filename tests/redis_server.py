@@ -9,7 +9,11 @@ Redis away and bring it back at the same address. Options:
 * ``acl_user``: an extra ACL user ``(name, password)`` with every permission;
   ``url`` then logs in as that user;
 * ``tls``: a second, TLS-only port with a fresh self-signed certificate for
-  127.0.0.1 (made with the ``openssl`` command); ``tls_url`` reaches it.
+  127.0.0.1 (made with the ``openssl`` command); ``tls_url`` reaches it;
+* ``appendfsync``: the AOF's fsync policy (``always``: every acknowledged write
+  survives a SIGKILL) [Redis's default, ``everysec``];
+* ``debug_command``: allow ``DEBUG`` from loopback clients (``DEBUG SLEEP`` stalls
+  the server).
 """
 
 from __future__ import annotations
@@ -54,12 +58,16 @@ class RedisServer:
         password: str | None = None,
         acl_user: tuple[str, str] | None = None,
         tls: bool = False,
+        appendfsync: str | None = None,
+        debug_command: bool = False,
     ) -> None:
         self.dir = directory
         self.default_appendonly = self.appendonly = appendonly
         self.password = password
         self.acl_user = acl_user
         self.tls = tls
+        self.appendfsync = appendfsync
+        self.debug_command = debug_command
         self.port = 0
         self.tls_port: int | None = None
         self.socket_path = directory / "redis.sock"
@@ -172,6 +180,10 @@ class RedisServer:
             "daemonize no",
             'logfile ""',
         ]
+        if self.appendfsync is not None:
+            lines.append(f"appendfsync {self.appendfsync}")
+        if self.debug_command:
+            lines.append("enable-debug-command local")
         if self.password:
             lines.append(f"requirepass {self.password}")
         if self.acl_user is not None:

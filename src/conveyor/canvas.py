@@ -21,11 +21,12 @@ How the primitives run on workers; nothing ever waits or polls for a result:
   ``a`` sends ``b`` (``a``'s value first), carrying ``[c]``. A failure marks every
   task still ahead with the same failure.
 * ``chord(header, body)``: header task ``i`` gets the id ``<chord id>-<i>`` and a
-  ``headers["chord"] = {"id", "size", "body"}``; the worker settling one counts it
-  with the broker's atomic ``incr("chord:<chord id>")``, and the one whose count is
-  ``size`` reads the header results, in order, and sends the body with them. The
-  first header failure (``incr("chord-error:<chord id>") == 1``) calls the body's
-  error callbacks once and stores a ``ChordError`` as the body's result.
+  ``headers["chord"] = {"id", "size", "body"}``; the worker settling one counts its
+  id in the broker's ``tally("chord:<chord id>")`` (a set: a task that ran twice
+  counts once), and the first to see the tally reach ``size`` (a claim) reads the
+  header results, in order, and sends the body with them. The first header failure
+  (a claim on ``"chord-error:<chord id>"``) calls the body's error callbacks once
+  and stores a ``ChordError`` as the body's result.
 
 ``conveyor.task`` builds signatures (``Task.s``); this module never imports the app,
 the task module or the worker (it uses the objects it is given).

@@ -224,16 +224,75 @@ def test_ack_removes_the_message(broker: Broker) -> None:
 
 
 def test_ack_with_stale_token_is_rejected(broker: Broker) -> None:
-    # Given a message that was acked once
+    # Given two deliveries, the first of which lost its lease to a reclaim
     broker.publish_many([msg("m1"), msg("m2")])
     first, second = take(broker)
-    broker.ack([first])
+    expire_leases()
+    broker.reclaim()
+    again = take(broker)
 
     # When both are acked in one batch
     result = broker.ack([first, second])
 
-    # Then the stale one is refused and the current one accepted
-    assert result == [False, True]
+    # Then the stale one is refused and nothing changed for it
+    assert result == [False, False]
+    assert broker.ack(again) == [True, True]
+
+
+def test_ack_again_with_the_same_token_is_accepted_once_it_was_acked(broker: Broker) -> None:
+    # Given a message that was acked (a call retried after a lost reply repeats it)
+    broker.publish_many([msg("m1"), msg("m2")])
+    first, second = take(broker)
+    assert broker.ack([first]) == [True]
+
+    # When the same token acks again, with another delivery in the batch
+    result = broker.ack([first, second])
+
+    # Then both are accepted, and nothing is left
+    assert result == [True, True]
+    assert broker.stats(["default"]) == [QueueStats("default")]
+
+
+def test_ack_of_a_reclaimed_delivery_is_refused_even_once_the_message_is_gone(
+    broker: Broker,
+) -> None:
+    # Given a delivery that lost its lease, and whose message another consumer then
+    # ran and acknowledged (the message is gone)
+    broker.publish(msg("m1"))
+    frozen = take_one(broker, consumer="frozen")
+    expire_leases()
+    broker.reclaim()
+    assert broker.ack([take_one(broker, consumer="live")]) == [True]
+
+    # When the frozen consumer wakes and acks (or settles) with its old token
+    # Then each call is refused: gone is not the same as done by this token
+    assert broker.ack([frozen]) == [False]
+    assert broker.release(frozen) is False
+    assert broker.requeue(frozen) is Disposition.STALE
+    assert broker.retry(frozen, b"again", None) is False
+    assert broker.dead_letter(frozen, "late") is False
+    assert broker.renew([frozen]) == {"m1"}
+    assert broker.stats(["default"]) == [QueueStats("default")]
+
+
+def test_every_settle_call_answers_a_repeat_as_its_first_attempt(broker: Broker) -> None:
+    # Given one delivery settled in each way
+    broker.publish_many([msg(f"m{i}") for i in range(4)])
+    released, requeued, retried, dead = take(broker)
+    assert broker.release(released) is True
+    assert broker.requeue(requeued) is Disposition.REQUEUED
+    assert broker.retry(retried, b"next", None) is True
+    assert broker.dead_letter(dead, "bad") is True
+    before = broker.stats(["default"])
+
+    # When each call is made again with the same token (a retry after a lost reply)
+    # Then it answers as before and changes nothing
+    assert broker.release(released) is True
+    assert broker.requeue(requeued) is Disposition.REQUEUED
+    assert broker.retry(retried, b"next", None) is True
+    assert broker.dead_letter(dead, "bad") is True
+    assert broker.stats(["default"]) == before
+    assert len(broker.dead_letters()) == 1
 
 
 def test_release_returns_the_message_to_ready_with_its_count_undone(broker: Broker) -> None:
@@ -355,11 +414,18 @@ def test_renew_keeps_a_lease_alive_past_lease_seconds(broker: Broker) -> None:
 
 
 def test_renew_reports_the_ids_of_lost_leases(broker: Broker) -> None:
-    broker.publish_many([msg("kept"), msg("lost")])
-    kept, lost = take(broker)
-    broker.ack([lost])
+    # Given a delivery whose lease expired and was reclaimed, one acked and one held
+    broker.publish(msg("lost"))
+    lost = take_one(broker)
+    expire_leases()
+    broker.reclaim()
+    broker.publish_many([msg("kept"), msg("done")])
+    relet, kept, done = take(broker)
+    broker.ack([done])
 
-    assert broker.renew([kept, lost]) == {"lost"}
+    # Then renewing reports only the lost one: an acked delivery has nothing to renew
+    assert broker.renew([kept, lost, done]) == {"lost"}
+    assert broker.ack([kept, relet]) == [True, True]
 
 
 def test_reclaim_returns_an_expired_message_with_a_new_token(broker: Broker) -> None:

@@ -173,6 +173,19 @@ def test_rate_allows_a_burst_of_limit_then_one_permit_per_interval(broker: Broke
     assert 0.15 < broker.rate_acquire(KEY, 5, 1.0) <= 0.2
 
 
+def test_a_rate_request_asked_again_takes_no_second_permit(broker: Broker) -> None:
+    # Given a limit of 2 per 10 s, and a request that was granted
+    assert broker.rate_acquire(KEY, 2, 10.0, request="delivery-1") == 0.0
+
+    # When the same request asks again (a call retried after a lost reply)
+    again = broker.rate_acquire(KEY, 2, 10.0, request="delivery-1")
+
+    # Then it is granted without taking a permit: one is still free for another
+    assert again == 0.0
+    assert broker.rate_acquire(KEY, 2, 10.0, request="delivery-2") == 0.0
+    assert broker.rate_acquire(KEY, 2, 10.0, request="delivery-3") > 0.0
+
+
 def test_rate_keys_are_independent(broker: Broker) -> None:
     # Given a key whose permits are used up
     assert broker.rate_acquire("tasks.a", 1, 10.0) == 0.0
@@ -380,41 +393,42 @@ def test_a_claim_race_across_processes_has_exactly_one_winner(broker: Broker) ->
         assert Counter(got) == {None: 1, winner: 5}
 
 
-# -- counters ------------------------------------------------------------------
+# -- tallies -------------------------------------------------------------------
 
 
-def test_incr_counts_from_one(broker: Broker) -> None:
-    # Given a new counter, incremented
-    assert [broker.incr(KEY, 10) for _ in range(3)] == [1, 2, 3]
+def test_tally_counts_each_member_once(broker: Broker) -> None:
+    # Given a new tally, with members added, one of them twice (a retried call)
+    assert [broker.tally(KEY, m, 10) for m in ("a", "b", "a", "c")] == [1, 2, 2, 3]
 
     # Then another key counts on its own
-    assert broker.incr(KEY + ".2", 10) == 1
-    assert broker.incr(KEY, 10) == 4
+    assert broker.tally(KEY + ".2", "a", 10) == 1
+    assert broker.tally(KEY, "d", 10) == 4
 
 
-def test_a_counter_expires_ttl_after_its_last_increment(broker: Broker) -> None:
-    # Given two counters with a short ttl, one of them incremented again before it expires
-    assert broker.incr("kept", TTL) == 1
-    assert broker.incr("left", TTL) == 1
+def test_a_tally_expires_ttl_after_its_last_call(broker: Broker) -> None:
+    # Given two tallies with a short ttl, one of them added to again before it expires
+    assert broker.tally("kept", "a", TTL) == 1
+    assert broker.tally("left", "a", TTL) == 1
     time.sleep(TTL - 0.1)
-    assert broker.incr("kept", TTL) == 2
+    assert broker.tally("kept", "b", TTL) == 2
     time.sleep(0.15)
 
-    # Then past the first ttl that one counts on, and the other starts again at 1
-    assert broker.incr("kept", TTL) == 3
-    assert broker.incr("left", TTL) == 1
+    # Then past the first ttl that one counts on, and the other starts again empty
+    assert broker.tally("kept", "c", TTL) == 3
+    assert broker.tally("left", "b", TTL) == 1
 
 
-def test_incr_across_processes_returns_each_number_exactly_once(broker: Broker) -> None:
-    # Given 4 processes incrementing one counter 50 times each
+def test_tally_across_processes_answers_the_full_count_exactly_once(broker: Broker) -> None:
+    # Given 4 processes adding 50 distinct members each, every member twice
     def count(b: Broker, index: int, start: Any) -> list[int]:
         start.wait()
-        return [b.incr(KEY, 10) for _ in range(50)]
+        return [b.tally(KEY, f"{index}-{i // 2}", 10) for i in range(100)]
 
     values = [v for got in in_parallel(broker, 4, count) for v in got]
 
-    # Then they got 1..200 between them, each exactly once
-    assert sorted(values) == list(range(1, 201))
+    # Then the count grew one member at a time to 200: no member counted twice
+    assert max(values) == 200
+    assert sorted(set(values)) == list(range(1, 201))
 
 
 # -- marks -----------------------------------------------------------------------
@@ -496,7 +510,7 @@ def test_concurrent_advances_each_see_the_value_left_before_them(broker: Broker)
         lambda b: b.slot_acquire(KEY, 0, "w1", 1),
         lambda b: b.slot_acquire(KEY, 1, "w1", -1),
         lambda b: b.claim(KEY, "task-1", 0),
-        lambda b: b.incr(KEY, 0),
+        lambda b: b.tally(KEY, "m", 0),
         lambda b: b.advance(KEY, 1.0, 0),
     ],
     ids=[
@@ -506,7 +520,7 @@ def test_concurrent_advances_each_see_the_value_left_before_them(broker: Broker)
         "slot limit",
         "slot ttl",
         "claim",
-        "incr",
+        "tally",
         "advance",
     ],
 )
@@ -531,7 +545,7 @@ def use_everything(broker: Broker, ttl: float, key: str = KEY) -> None:
     """One record of each kind, all expiring within ``ttl``."""
     broker.revoke(["t1", "t2"], ttl, terminate=True)
     assert broker.revoked(["t1"]) == {"t1": True}
-    assert broker.rate_acquire(key, 5, ttl) == 0.0
+    assert broker.rate_acquire(key, 5, ttl, request="r1") == 0.0
     assert broker.slot_acquire(key, 2, "w1", ttl)
     assert broker.slot_acquire(key, 2, "w2", ttl)
     broker.slot_renew(key, ["w1"], ttl)
@@ -539,7 +553,7 @@ def use_everything(broker: Broker, ttl: float, key: str = KEY) -> None:
     assert broker.claim(key, "task-1", ttl) is None
     assert broker.claim("released", "task-1", ttl) is None
     assert broker.release_claim("released", "task-1")
-    assert broker.incr(key, ttl) == 1
+    assert broker.tally(key, "m", ttl) == 1
     assert broker.advance(key, 1.5, ttl) is None
 
 
@@ -557,7 +571,7 @@ def test_redis_keys_are_under_the_prefix_and_expire_with_their_records(redis_url
             f"rate:{KEY}",
             f"slots:{KEY}",
             f"claim:{KEY}",
-            f"counter:{KEY}",
+            f"tally:{KEY}",
             f"mark:{KEY}",
         ]
         assert set(ttls) == {f"app1:{kind}" for kind in kinds}
@@ -585,16 +599,17 @@ def test_sqlite_deletes_expired_records_when_it_writes(
     use_everything(broker, 10, key="other")
 
     # Then only the new records are left
-    tables = ["revoked", "rates", "slots", "claims", "counters", "marks"]
+    tables = ["revoked", "rates", "rate_grants", "slots", "claims", "tallies", "marks"]
     with sqlite3.connect(path) as conn:
         left = {t: conn.execute(f"SELECT count(*) FROM conveyor_{t}").fetchone()[0] for t in tables}
     conn.close()
     assert left == {
         "revoked": 2,
         "rates": 1,
+        "rate_grants": 1,
         "slots": 1,
         "claims": 1,
-        "counters": 1,
+        "tallies": 1,
         "marks": 1,
     }
     broker.close()

@@ -19,6 +19,8 @@ Delivery life cycle::
 Every call that settles a delivery is fenced by the delivery's token: once a
 lease has expired and the message was delivered again, the old token is stale
 and its ack, release, requeue, retry, dead-letter and renewal are refused.
+Every call may be retried after a lost reply: it then answers as the first
+attempt did, and does nothing twice.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ MIN_PRIORITY = 0
 MAX_PRIORITY = 9
 DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_MAX_DELIVERIES = 5
+DEFAULT_DEAD_LETTER_MAX = 10_000
+DEFAULT_DEAD_LETTER_EXPIRES = 180 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +135,18 @@ class BrokerOptions:
     coming back (crash, lost lease) is dead-lettered instead.
     ``connection_timeout``: how long a call to a networked broker retries
     through connection errors before raising BrokerUnavailable.
+    ``dead_letter_max`` and ``dead_letter_expires``: a queue keeps at most this
+    many dead letters (the oldest go first), each for at most this many seconds.
+    ``allow_eviction``: use a server that may evict data under memory pressure
+    (Redis ``maxmemory-policy`` other than ``noeviction``), which is refused otherwise.
     """
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     max_deliveries: int = DEFAULT_MAX_DELIVERIES
     connection_timeout: float = 10.0
+    dead_letter_max: int = DEFAULT_DEAD_LETTER_MAX
+    dead_letter_expires: float = DEFAULT_DEAD_LETTER_EXPIRES
+    allow_eviction: bool = False
 
 
 class Broker(ABC):
@@ -146,6 +157,16 @@ class Broker(ABC):
     url: str
     options: BrokerOptions
 
+    def check(self) -> list[str]:
+        """Make sure the server will not lose messages quietly; the worker calls it at
+        start and logs what it returns: conditions the operator should know about.
+
+        Raises:
+            ConfigurationError: the server is set up to drop data (an evicting Redis),
+                unless ``options.allow_eviction``.
+        """
+        return []
+
     # -- producing -------------------------------------------------------------
 
     @abstractmethod
@@ -154,6 +175,10 @@ class Broker(ABC):
 
         A message with ``eta`` in the future is held by the broker (never by a
         worker) and becomes ready when due. Priority must be 0-9.
+
+        Idempotent per message id where replies can be lost (a networked broker): a
+        message whose id is already waiting in its queue (ready or delayed) is not
+        stored again, so a call retried after a lost reply enqueues nothing twice.
         """
 
     def publish(self, message: OutgoingMessage) -> None:
@@ -182,7 +207,12 @@ class Broker(ABC):
     @abstractmethod
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Remove each delivered message for good; per delivery, True if the
-        token was current, False (and nothing changed) if it was stale."""
+        token was current, False (and nothing changed) if it was stale.
+
+        Idempotent: acknowledging again with the same token (a call retried after a
+        lost reply) is True once the first succeeded; a delivery whose lease was lost
+        and reclaimed is False, even if the message is gone since.
+        """
 
     def ack_storing(
         self, deliveries: Sequence[Delivery], writes: Mapping[str, object]
@@ -221,8 +251,9 @@ class Broker(ABC):
     def renew(self, deliveries: Sequence[Delivery]) -> set[str]:
         """Extend the leases of these deliveries by ``lease_seconds`` from now.
 
-        Returns the ids whose token is no longer current (lease lost); those
-        leases are left untouched.
+        Returns the ids whose lease was lost (it expired and was reclaimed); those
+        leases are left untouched. A delivery settled since (acked, released...) has
+        nothing to renew and is not lost.
         """
 
     @abstractmethod
@@ -245,7 +276,20 @@ class Broker(ABC):
 
     @abstractmethod
     def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        """Dead letters, oldest first, optionally of one queue only."""
+        """Dead letters, oldest first, optionally of one queue only.
+
+        Each queue keeps at most ``options.dead_letter_max`` of them (the oldest are
+        dropped first), each for ``options.dead_letter_expires`` seconds at most;
+        the limits are applied as consumers reclaim, so a queue may briefly hold more.
+        """
+
+    @abstractmethod
+    def get_dead(self, message_id: str) -> DeadLetter | None:
+        """The oldest dead letter with this id, found without reading the others."""
+
+    @abstractmethod
+    def purge_dead(self, queue: str | None = None) -> int:
+        """Delete the dead letters of ``queue`` (None: of every queue); returns how many."""
 
     @abstractmethod
     def requeue_dead(self, message_id: str) -> bool:
@@ -288,13 +332,17 @@ class Broker(ABC):
         its ``terminate`` flag. One round trip for the whole batch."""
 
     @abstractmethod
-    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+    def rate_acquire(
+        self, key: str, limit: int, period: float, *, request: str | None = None
+    ) -> float:
         """Take one of ``limit`` permits per ``period`` seconds for ``key``, shared by
         every process: 0.0 if taken, else the seconds until one is free (nothing taken).
 
         A burst of up to ``limit`` at once is allowed, then one permit per
         ``period / limit`` seconds (the generic cell rate algorithm), so over any
         window of T seconds at most ``limit + limit * T / period`` permits are given.
+        ``request`` names the request: asking again with the same one (a retried
+        call) while the key is busy answers 0.0 and takes no second permit.
         """
 
     @abstractmethod
@@ -324,10 +372,12 @@ class Broker(ABC):
         """Delete the claim on ``key`` if ``owner`` holds it; True if deleted."""
 
     @abstractmethod
-    def incr(self, key: str, ttl: float) -> int:
-        """Add one to the counter ``key`` (created at 0) and return the new value;
-        the counter expires ``ttl`` seconds after its last increment. Atomic across
-        processes: N increments from anywhere return 1..N, each exactly once."""
+    def tally(self, key: str, member: str, ttl: float) -> int:
+        """Count ``member`` under ``key`` once and return how many distinct members
+        ``key`` has counted; the tally expires ``ttl`` seconds after its last call.
+        Adding a member again (a retried call, a task that ran twice) counts nothing.
+        Atomic across processes: of N distinct members added from anywhere, exactly
+        one call is answered N. For chords, which count their header tasks."""
 
     @abstractmethod
     def advance(self, key: str, value: float | None, ttl: float) -> float | None:

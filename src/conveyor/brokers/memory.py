@@ -30,6 +30,8 @@ from conveyor.brokers.base import (
 
 #: How often (at most) the coordination records are swept of expired entries.
 SWEEP_SECONDS = 10.0
+#: How long a reclaimed token is remembered (its late ack or settle is refused).
+LOST_MEMORY_SECONDS = 3600.0
 
 
 @dataclass(slots=True)
@@ -65,13 +67,15 @@ class MemoryBroker(Broker):
         self._delayed: list[tuple[float, int, _Message]] = []
         self._inflight: dict[str, _Message] = {}  # by token
         self._dead: list[DeadLetter] = []
+        self._lost: dict[str, float] = {}  # reclaimed token -> when
         # Coordination records, each with its expiry (``now()`` time), under their own lock.
         self._coord = threading.Lock()
         self._revoked: dict[str, tuple[float, bool]] = {}  # id -> (expires, terminate)
         self._rates: dict[str, tuple[float, float]] = {}  # key -> (tat, expires)
         self._slots: dict[str, dict[str, float]] = {}  # key -> holder -> expires
         self._claims: dict[str, tuple[str, float]] = {}  # key -> (owner, expires)
-        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires)
+        self._tallies: dict[str, tuple[set[str], float]] = {}  # key -> (members, expires)
+        self._grants: dict[tuple[str, str], float] = {}  # (key, request) -> expires
         self._marks: dict[str, tuple[float, float]] = {}  # key -> (value, expires)
         self._next_sweep = 0.0
 
@@ -100,6 +104,11 @@ class MemoryBroker(Broker):
         if message is not None:
             message.token = ""
         return message
+
+    def _settled_earlier(self, delivery: Delivery) -> bool:
+        """For a token that holds nothing: True if it settled its message itself
+        earlier, False if its lease was lost (reclaimed)."""
+        return delivery.token not in self._lost
 
     def _bury(self, message: _Message, reason: str, t: float) -> None:
         self._dead.append(
@@ -172,13 +181,13 @@ class MemoryBroker(Broker):
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         with self._cond:
-            return [self._settle(d) is not None for d in deliveries]
+            return [self._settle(d) is not None or self._settled_earlier(d) for d in deliveries]
 
     def release(self, delivery: Delivery) -> bool:
         with self._cond:
             message = self._settle(delivery)
             if message is None:
-                return False
+                return self._settled_earlier(delivery)
             message.deliveries -= 1
             message.history.pop()
             self._make_ready(message)
@@ -188,7 +197,9 @@ class MemoryBroker(Broker):
         with self._cond:
             message = self._settle(delivery)
             if message is None:
-                return Disposition.STALE
+                return (
+                    Disposition.REQUEUED if self._settled_earlier(delivery) else Disposition.STALE
+                )
             if message.deliveries >= self.options.max_deliveries:
                 n = message.deliveries
                 self._bury(message, f"delivered {n} times; the last attempt was lost", now())
@@ -200,7 +211,7 @@ class MemoryBroker(Broker):
         with self._cond:
             message = self._settle(delivery)
             if message is None:
-                return False
+                return self._settled_earlier(delivery)
             message.body = body
             message.deliveries = 0
             self._schedule(message, eta, now())
@@ -213,7 +224,8 @@ class MemoryBroker(Broker):
             for d in deliveries:
                 message = self._inflight.get(d.token)
                 if message is None:
-                    lost.add(d.id)
+                    if d.token in self._lost:
+                        lost.add(d.id)
                 else:
                     message.lease_until = lease_until
             return lost
@@ -225,6 +237,7 @@ class MemoryBroker(Broker):
             reclaimed = []
             for message in expired:
                 del self._inflight[message.token]
+                self._lost[message.token] = t
                 message.token = ""
                 if message.deliveries >= self.options.max_deliveries:
                     reason = f"lease expired after {message.deliveries} deliveries (consumer gone)"
@@ -236,19 +249,44 @@ class MemoryBroker(Broker):
                 reclaimed.append(
                     Reclaimed(message.id, message.queue, disposition, message.deliveries)
                 )
+            self._trim(t)
             return reclaimed
+
+    def _trim(self, t: float) -> None:
+        """Forget old reclaimed tokens; keep the dead letters within their expiry and
+        each queue's cap, dropping the oldest (lock held)."""
+        self._lost = {k: at for k, at in self._lost.items() if at > t - LOST_MEMORY_SECONDS}
+        oldest = t - self.options.dead_letter_expires
+        kept: list[DeadLetter] = []
+        per_queue: defaultdict[str, int] = defaultdict(int)
+        for dead in reversed(self._dead):  # newest first
+            if dead.died_at >= oldest and per_queue[dead.queue] < self.options.dead_letter_max:
+                per_queue[dead.queue] += 1
+                kept.append(dead)
+        self._dead = kept[::-1]
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         with self._cond:
             message = self._settle(delivery)
             if message is not None:
                 self._bury(message, reason, now())
-            return message is not None
+            return message is not None or self._settled_earlier(delivery)
 
     def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         with self._cond:
             found = (d for d in self._dead if queue is None or d.queue == queue)
             return list(itertools.islice(found, max(limit, 0)))
+
+    def get_dead(self, message_id: str) -> DeadLetter | None:
+        with self._cond:
+            return next((d for d in self._dead if d.id == message_id), None)
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        with self._cond:
+            kept = [d for d in self._dead if queue is not None and d.queue != queue]
+            purged = len(self._dead) - len(kept)
+            self._dead = kept
+            return purged
 
     def _pop_dead(self, message_id: str) -> DeadLetter | None:
         for i, dead in enumerate(self._dead):
@@ -305,7 +343,8 @@ class MemoryBroker(Broker):
         self._revoked = {k: v for k, v in self._revoked.items() if v[0] > t}
         self._rates = {k: v for k, v in self._rates.items() if v[1] > t}
         self._claims = {k: v for k, v in self._claims.items() if v[1] > t}
-        self._counters = {k: v for k, v in self._counters.items() if v[1] > t}
+        self._tallies = {k: v for k, v in self._tallies.items() if v[1] > t}
+        self._grants = {k: v for k, v in self._grants.items() if v > t}
         self._marks = {k: v for k, v in self._marks.items() if v[1] > t}
         for key in list(self._slots):
             self._live_slots(key, t)
@@ -336,17 +375,23 @@ class MemoryBroker(Broker):
             found = {i: self._revoked.get(i) for i in task_ids}
         return {i: rec[1] for i, rec in found.items() if rec is not None and rec[0] > t}
 
-    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+    def rate_acquire(
+        self, key: str, limit: int, period: float, *, request: str | None = None
+    ) -> float:
         check_positive("limit", limit)
         check_positive("period", period)
         with self._coord:
             t = now()
             self._sweep(t)
+            if request is not None and self._grants.get((key, request), 0.0) > t:
+                return 0.0
             stored = self._rates.get(key)
             tat = stored[0] if stored is not None and stored[1] > t else None
             new_tat, wait = gcra(tat, t, limit, period)
             if not wait:
                 self._rates[key] = (new_tat, new_tat)  # a past tat means nothing
+                if request is not None:
+                    self._grants[(key, request)] = new_tat
             return wait
 
     def slot_acquire(self, key: str, limit: int, holder: str, ttl: float) -> bool:
@@ -396,15 +441,17 @@ class MemoryBroker(Broker):
             del self._claims[key]
             return True
 
-    def incr(self, key: str, ttl: float) -> int:
+    def tally(self, key: str, member: str, ttl: float) -> int:
         check_positive("ttl", ttl)
         with self._coord:
             t = now()
             self._sweep(t)
-            value, expires = self._counters.get(key, (0, 0.0))
-            value = value + 1 if expires > t else 1
-            self._counters[key] = (value, t + ttl)
-            return value
+            members, expires = self._tallies.get(key, (set(), 0.0))
+            if expires <= t:
+                members = set()
+            members.add(member)
+            self._tallies[key] = (members, t + ttl)
+            return len(members)
 
     def advance(self, key: str, value: float | None, ttl: float) -> float | None:
         check_positive("ttl", ttl)

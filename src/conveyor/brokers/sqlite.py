@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS conveyor_dead_letters (
 );
 CREATE INDEX IF NOT EXISTS conveyor_dead_letters_id ON conveyor_dead_letters (id);
 CREATE INDEX IF NOT EXISTS conveyor_dead_letters_queue ON conveyor_dead_letters (queue, seq);
+CREATE INDEX IF NOT EXISTS conveyor_dead_letters_died ON conveyor_dead_letters (died_at);
+-- Tokens whose lease expired and was reclaimed: their late ack or settle is refused,
+-- while any other token that no longer holds its message settled it earlier itself.
+CREATE TABLE IF NOT EXISTS conveyor_lost_tokens (
+    token TEXT PRIMARY KEY,
+    lost_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_lost_tokens_age ON conveyor_lost_tokens (lost_at);
 """
 # Coordination records (see Broker.revoke and below): one table per kind, each row
 # with the time it stops mattering (``time.time()``). Reads ignore expired rows;
@@ -96,12 +104,20 @@ CREATE TABLE IF NOT EXISTS conveyor_claims (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conveyor_claims_expiry ON conveyor_claims (expires_at);
-CREATE TABLE IF NOT EXISTS conveyor_counters (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL,
-    expires_at REAL NOT NULL
+CREATE TABLE IF NOT EXISTS conveyor_rate_grants (
+    key TEXT NOT NULL,
+    request TEXT NOT NULL,
+    expires_at REAL NOT NULL,  -- the tat it granted: a retry until then is answered 0
+    PRIMARY KEY (key, request)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS conveyor_counters_expiry ON conveyor_counters (expires_at);
+CREATE INDEX IF NOT EXISTS conveyor_rate_grants_expiry ON conveyor_rate_grants (expires_at);
+CREATE TABLE IF NOT EXISTS conveyor_tallies (
+    key TEXT NOT NULL,
+    member TEXT NOT NULL,
+    expires_at REAL NOT NULL,  -- the same for every member of a key
+    PRIMARY KEY (key, member)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conveyor_tallies_expiry ON conveyor_tallies (expires_at);
 CREATE TABLE IF NOT EXISTS conveyor_marks (
     key TEXT PRIMARY KEY,
     value REAL NOT NULL,
@@ -115,7 +131,8 @@ _EXPIRY_COLUMNS = {
     "conveyor_rates": "tat",
     "conveyor_slots": "expires_at",
     "conveyor_claims": "expires_at",
-    "conveyor_counters": "expires_at",
+    "conveyor_rate_grants": "expires_at",
+    "conveyor_tallies": "expires_at",
     "conveyor_marks": "expires_at",
 }
 #: How often (at most) one process sweeps a coordination table of expired rows.
@@ -126,13 +143,6 @@ ON CONFLICT (id) DO UPDATE SET
     terminate = CASE WHEN expires_at > ?4 THEN max(terminate, excluded.terminate)
                 ELSE excluded.terminate END,
     expires_at = max(expires_at, excluded.expires_at)
-"""
-_INCR = """
-INSERT INTO conveyor_counters (key, value, expires_at) VALUES (?1, 1, ?2)
-ON CONFLICT (key) DO UPDATE SET
-    value = CASE WHEN expires_at > ?3 THEN value + 1 ELSE 1 END,
-    expires_at = excluded.expires_at
-RETURNING value
 """
 
 _CLAIM = """
@@ -160,6 +170,12 @@ SELECT id, queue, priority, body, {reason}, deliveries, :now, history
 FROM conveyor_messages WHERE {where} ORDER BY seq
 """
 _EXPIRED = "state = 'inflight' AND lease_until < :now"
+_REMEMBER_LOST = (
+    "INSERT OR REPLACE INTO conveyor_lost_tokens (token, lost_at)"
+    f" SELECT token, :now FROM conveyor_messages WHERE {_EXPIRED}"
+)
+#: How long a reclaimed token is remembered (see conveyor_lost_tokens).
+LOST_MEMORY_SECONDS = 3600.0
 _LEASE_EXPIRED = "'lease expired after ' || deliveries || ' deliveries (consumer gone)'"
 # Message ids may repeat (a reused task id): dead letters are settled oldest first.
 _OLDEST_DEAD = "SELECT seq FROM conveyor_dead_letters WHERE id = ? ORDER BY seq LIMIT 1"
@@ -183,6 +199,15 @@ def _mark(conn: sqlite3.Connection, key: str, t: float) -> float | None:
 def _chunks(items: Sequence[_T]) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _lost(conn: sqlite3.Connection, tokens: Sequence[str]) -> set[str]:
+    """The tokens among ``tokens`` whose lease expired and was reclaimed."""
+    found: set[str] = set()
+    for chunk in _chunks(tokens):
+        sql = f"SELECT token FROM conveyor_lost_tokens WHERE token IN ({_marks(len(chunk))})"
+        found.update(row[0] for row in conn.execute(sql, chunk))
+    return found
 
 
 class SqliteBroker(Broker):
@@ -293,7 +318,16 @@ class SqliteBroker(Broker):
                     " RETURNING token"
                 )
                 done.update(row[0] for row in conn.execute(sql, [d.token for d in chunk]))
-        return [d.token in done for d in deliveries]
+            # A token that holds nothing any more acknowledged its message earlier,
+            # unless its lease was lost.
+            lost = _lost(conn, [d.token for d in deliveries if d.token not in done])
+        return [d.token not in lost for d in deliveries]
+
+    @staticmethod
+    def _settled_earlier(conn: sqlite3.Connection, delivery: Delivery) -> bool:
+        """A settle call whose token holds nothing: True if this token settled the
+        message itself earlier (answer as then), False if its lease was lost."""
+        return not _lost(conn, [delivery.token])
 
     def release(self, delivery: Delivery) -> bool:
         with self._db.transaction() as conn:
@@ -302,7 +336,7 @@ class SqliteBroker(Broker):
                 " history = json_remove(history, '$[#-1]') WHERE token = ? RETURNING seq",
                 (delivery.token,),
             ).fetchall()
-        return bool(rows)
+            return bool(rows) or self._settled_earlier(conn, delivery)
 
     def requeue(self, delivery: Delivery) -> Disposition:
         with self._db.transaction() as conn:
@@ -310,6 +344,8 @@ class SqliteBroker(Broker):
                 "SELECT deliveries FROM conveyor_messages WHERE token = ?", (delivery.token,)
             ).fetchone()
             if row is None:
+                if self._settled_earlier(conn, delivery):
+                    return Disposition.REQUEUED
                 return Disposition.STALE
             if row[0] >= self.options.max_deliveries:
                 reason = f"delivered {row[0]} times; the last attempt was lost"
@@ -330,7 +366,7 @@ class SqliteBroker(Broker):
                 " deliveries = 0 WHERE token = ? RETURNING seq",
                 ("delayed" if delayed else "ready", eta if delayed else t, body, delivery.token),
             ).fetchall()
-        return bool(rows)
+            return bool(rows) or self._settled_earlier(conn, delivery)
 
     def renew(self, deliveries: Sequence[Delivery]) -> set[str]:
         kept: set[str] = set()
@@ -344,15 +380,18 @@ class SqliteBroker(Broker):
                 kept.update(
                     row[0] for row in conn.execute(sql, [lease_until, *(d.token for d in chunk)])
                 )
-        return {d.id for d in deliveries if d.token not in kept}
+            lost = _lost(conn, [d.token for d in deliveries if d.token not in kept])
+        return {d.id for d in deliveries if d.token in lost}
 
     def reclaim(self) -> list[Reclaimed]:
+        self._trim()
         with self._db.snapshot() as conn:  # a look before taking the write lock
             sql = f"SELECT 1 FROM conveyor_messages WHERE {_EXPIRED} LIMIT 1"
             if conn.execute(sql, {"now": now()}).fetchone() is None:
                 return []
         with self._db.transaction() as conn:
             params = {"now": now(), "max": self.options.max_deliveries}
+            conn.execute(_REMEMBER_LOST, params)
             dead = self._bury(conn, f"{_EXPIRED} AND deliveries >= :max", params, _LEASE_EXPIRED)
             back = conn.execute(
                 f"UPDATE conveyor_messages SET {_HAND_BACK} WHERE {_EXPIRED}"
@@ -362,6 +401,28 @@ class SqliteBroker(Broker):
         return [Reclaimed(i, q, Disposition.DEAD, n) for i, q, n in dead] + [
             Reclaimed(i, q, Disposition.REQUEUED, n) for i, q, n in back
         ]
+
+    def _trim(self) -> None:
+        """Forget old reclaimed tokens; drop dead letters past their expiry or beyond
+        each queue's cap, oldest first (at most every ``SWEEP_SECONDS``)."""
+        t = now()
+        if t < self._next_sweep.get("dead", 0.0):
+            return
+        self._next_sweep["dead"] = t + SWEEP_SECONDS
+        with self._db.transaction() as conn:
+            conn.execute(
+                "DELETE FROM conveyor_lost_tokens WHERE lost_at < ?", (t - LOST_MEMORY_SECONDS,)
+            )
+            conn.execute(
+                "DELETE FROM conveyor_dead_letters WHERE died_at < ?",
+                (t - self.options.dead_letter_expires,),
+            )
+            conn.execute(
+                "DELETE FROM conveyor_dead_letters WHERE seq IN (SELECT seq FROM"
+                " (SELECT seq, row_number() OVER (PARTITION BY queue ORDER BY seq DESC) AS n"
+                "  FROM conveyor_dead_letters) WHERE n > ?)",
+                (self.options.dead_letter_max,),
+            )
 
     def _bury(
         self, conn: sqlite3.Connection, where: str, params: Mapping[str, object], reason: str
@@ -376,16 +437,38 @@ class SqliteBroker(Broker):
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         params = {"token": delivery.token, "reason": reason, "now": now()}
         with self._db.transaction() as conn:
-            return bool(self._bury(conn, "token = :token", params, ":reason"))
+            buried = bool(self._bury(conn, "token = :token", params, ":reason"))
+            return buried or self._settled_earlier(conn, delivery)
 
     def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         where = "" if queue is None else "WHERE queue = :queue"
+        return self._dead_letters(where, {"queue": queue, "limit": limit})
+
+    def get_dead(self, message_id: str) -> DeadLetter | None:
+        found = self._dead_letters("WHERE id = :id", {"id": message_id, "limit": 1})
+        return found[0] if found else None
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        where = "" if queue is None else "WHERE queue = :queue"
+        total = 0
+        while True:  # in batches: the write lock is never held for long
+            with self._db.transaction() as conn:
+                cursor = conn.execute(
+                    "DELETE FROM conveyor_dead_letters WHERE seq IN"
+                    f" (SELECT seq FROM conveyor_dead_letters {where} LIMIT {_CHUNK})",
+                    {"queue": queue},
+                )
+            total += cursor.rowcount
+            if cursor.rowcount < _CHUNK:
+                return total
+
+    def _dead_letters(self, where: str, params: Mapping[str, object]) -> list[DeadLetter]:
         sql = (
             "SELECT id, queue, body, priority, reason, deliveries, died_at, history"
             f" FROM conveyor_dead_letters {where} ORDER BY seq LIMIT :limit"
         )
         with self._db.snapshot() as conn:
-            rows = conn.execute(sql, {"queue": queue, "limit": limit}).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         return [
             DeadLetter(
                 id=id_,
@@ -483,17 +566,35 @@ class SqliteBroker(Broker):
                 found.update((i, bool(flag)) for i, flag in conn.execute(sql, [t, *chunk]))
         return found
 
-    def rate_acquire(self, key: str, limit: int, period: float) -> float:
+    def rate_acquire(
+        self, key: str, limit: int, period: float, *, request: str | None = None
+    ) -> float:
         check_positive("limit", limit)
         check_positive("period", period)
         with self._db.transaction() as conn:
             t = now()
+            if (
+                request is not None
+                and conn.execute(
+                    "SELECT 1 FROM conveyor_rate_grants WHERE key = ? AND request = ?"
+                    " AND expires_at > ?",
+                    (key, request, t),
+                ).fetchone()
+            ):
+                return 0.0
             row = conn.execute("SELECT tat FROM conveyor_rates WHERE key = ?", (key,)).fetchone()
             new_tat, wait = gcra(None if row is None else row[0], t, limit, period)
             if not wait:
                 conn.execute(
                     "INSERT OR REPLACE INTO conveyor_rates (key, tat) VALUES (?, ?)", (key, new_tat)
                 )
+                if request is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO conveyor_rate_grants (key, request, expires_at)"
+                        " VALUES (?, ?, ?)",
+                        (key, request, new_tat),
+                    )
+                    self._sweep(conn, "conveyor_rate_grants", t)
                 self._sweep(conn, "conveyor_rates", t)
         return wait
 
@@ -556,13 +657,21 @@ class SqliteBroker(Broker):
             )
             return cursor.rowcount > 0
 
-    def incr(self, key: str, ttl: float) -> int:
+    def tally(self, key: str, member: str, ttl: float) -> int:
         check_positive("ttl", ttl)
         with self._db.transaction() as conn:
             t = now()
-            ((value,),) = conn.execute(_INCR, (key, t + ttl, t)).fetchall()
-            self._sweep(conn, "conveyor_counters", t)
-        return int(value)
+            conn.execute("DELETE FROM conveyor_tallies WHERE key = ? AND expires_at <= ?", (key, t))
+            conn.execute(
+                "INSERT OR IGNORE INTO conveyor_tallies (key, member, expires_at) VALUES (?, ?, ?)",
+                (key, member, t + ttl),
+            )
+            conn.execute("UPDATE conveyor_tallies SET expires_at = ? WHERE key = ?", (t + ttl, key))
+            ((count,),) = conn.execute(
+                "SELECT count(*) FROM conveyor_tallies WHERE key = ?", (key,)
+            ).fetchall()
+            self._sweep(conn, "conveyor_tallies", t)
+        return int(count)
 
     def advance(self, key: str, value: float | None, ttl: float) -> float | None:
         check_positive("ttl", ttl)

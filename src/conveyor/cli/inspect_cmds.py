@@ -43,7 +43,7 @@ def purge(ref: _AppRef, names: str | None, force: bool) -> None:
 
 @cli.group()
 def dead() -> None:
-    """List, show, requeue or drop dead letters."""
+    """List, show, requeue, drop or purge dead letters."""
 
 
 def _when(ts: float) -> str:
@@ -74,11 +74,9 @@ def dead_list(ref: _AppRef, queue: str | None, limit: int) -> None:
 @click.pass_obj
 def dead_show(ref: _AppRef, message_id: str) -> None:
     """One dead letter: reason, delivery history and body."""
-    app = ref.load()
-    found = [d for d in app.broker.dead_letters(None, 100_000) if d.id == message_id]
-    if not found:
+    d = ref.load().broker.get_dead(message_id)
+    if d is None:
         raise click.ClickException(f"no dead letter {message_id}")
-    d = found[0]
     click.echo(f"id:         {d.id}\nqueue:      {d.queue}\nreason:     {d.reason}")
     click.echo(f"deliveries: {d.deliveries}\ndied:       {_when(d.died_at)}")
     for record in d.history:
@@ -104,3 +102,16 @@ def dead_drop(ref: _AppRef, message_id: str) -> None:
     if not ref.load().broker.drop_dead(message_id):
         raise click.ClickException(f"no dead letter {message_id}")
     click.echo(f"dropped {message_id}")
+
+
+@dead.command("purge")
+@click.option("-Q", "--queue", help="Only this queue [all].")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def dead_purge(ref: _AppRef, queue: str | None, force: bool) -> None:
+    """Delete dead letters for good."""
+    app = ref.load()
+    if not force:
+        where = f"of queue {queue}" if queue else "of every queue"
+        click.confirm(f"Delete every dead letter {where}?", abort=True)
+    click.echo(f"purged {app.broker.purge_dead(queue)} dead letter(s)")

@@ -5,16 +5,16 @@ are stored. For each job whose message carries canvas headers (see
 ``conveyor.canvas``) it sends, all in one ``publish_many``:
 
 * on SUCCESS: the ``link`` signatures and the next step of a ``chain``, each with
-  the return value as first argument; for a chord's header task, one
-  ``broker.incr("chord:<id>")`` (once per header task: a per-task claim drops a
-  duplicate run), and once that count reaches the header's size, the body with
-  every header result, read from the result backend in header order (a claim
-  makes sure one worker sends it);
+  the return value as first argument; for a chord's header task, its id counted in
+  ``broker.tally("chord:<id>")`` (a set: a header task that ran twice, or a call
+  retried after a lost reply, counts once), and once the tally reaches the header's
+  size, the body with every header result, read from the result backend in header
+  order (a claim makes sure one worker sends it);
 * on FAILURE (for good; a retry is not settled here): the ``link_error``
   signatures with ``(task_id, exc_type, message)``; every step of the chain still
   ahead gets the same failure stored as its result (so ``get()`` on a chain's last
   result raises instead of waiting); for a chord's header task, the first failure
-  (``broker.incr("chord-error:<id>") == 1``) stores a ``ChordError`` as the body's
+  (the one that claims ``"chord-error:<id>"``) stores a ``ChordError`` as the body's
   result and sends the body's error callbacks, once.
 
 A callback that cannot be sent (its arguments do not fit its task) gets that error
@@ -52,6 +52,9 @@ class Callbacks:
     def __init__(self, app: Conveyor, hostname: str):
         self.app = app
         self.hostname = hostname
+        # (token, chord id) of the chords failed while settling the current batch: one
+        # job can reach the same chord twice (its header, in a failed chain's steps).
+        self._failed_chords: set[tuple[str, str]] = set()
 
     @property
     def ttl(self) -> float:
@@ -72,6 +75,7 @@ class Callbacks:
             return
         writes: list[ResultWrite] = []
         held: list[OutgoingMessage] = []
+        self._failed_chords.clear()
         try:
             with self.app.publishing() as held:
                 for job, outcome in jobs:
@@ -188,15 +192,10 @@ class Callbacks:
     ) -> None:
         chord_id, size = str(info["id"]), int(info["size"])
         broker, token = self.app.broker, job.delivery.token
-        # A header task that ran twice (at least once delivery) must count once: the
-        # first settlement of each header task claims its part.
-        part = f"{canvas.chord_counter_key(chord_id)}:part:{job.message.id}"
-        if broker.claim(part, token, self.ttl) not in (None, token):
-            logger.info("%s: chord %s already counted this task", job.label, chord_id)
-            return
-        count = broker.incr(canvas.chord_counter_key(chord_id), self.ttl)
-        # >= and a claim, not ==: an increment retried after a lost reply may skip a
-        # number; whoever gets there first sends the body, once.
+        # A header task that ran twice (at least once delivery) counts once: a tally
+        # is a set of task ids. Several settlements may see it complete (a duplicate
+        # run, a retried call): the claim makes sure the body is sent once.
+        count = broker.tally(canvas.chord_counter_key(chord_id), job.message.id, self.ttl)
         if count < size:
             return
         if broker.claim(f"{canvas.chord_counter_key(chord_id)}:body", token, self.ttl) not in (
@@ -230,8 +229,13 @@ class Callbacks:
         """The first failure of a chord's header: the body's tasks get a ChordError as
         their result, and its error callbacks are sent with ``failure``; later
         failures of the same chord do nothing."""
-        chord_id = str(info["id"])
-        if self.app.broker.incr(canvas.chord_error_key(chord_id), self.ttl) != 1:
+        chord_id, token = str(info["id"]), job.delivery.token
+        if (token, chord_id) in self._failed_chords:
+            return
+        self._failed_chords.add((token, chord_id))
+        # A claim, not a counter: a call retried after a lost reply still finds the
+        # failure its own, so the body's error callbacks are sent exactly once.
+        if self.app.broker.claim(canvas.chord_error_key(chord_id), token, self.ttl) is not None:
             return
         culprit, exc_type, message = failure
         body = canvas.signature(info["body"], app=self.app)

@@ -4,24 +4,29 @@ Round trips: publish 1 (plus one ``SADD`` per queue per process), fetch 1 when
 work is ready (plus a ``BLPOP`` on the queues' wake lists when none is), ack 1
 per queue per batch, renew 1 per queue per heartbeat. See ``keys.py`` for the
 layout and ``scripts/`` for each script's contract.
+
+Every call may be retried after a lost reply (see ``Broker``): a publish skips
+messages whose id is already waiting, deliveries carry a token unique to their
+fetch, and a reclaimed token is remembered, so a retry can tell its own earlier
+effect from someone else's.
+Before its first publish or fetch a process checks that Redis will not evict
+data (``check``). A call that took far longer than it should (a stalled or
+overloaded server) counts like an outage: nobody can have renewed a lease
+meanwhile, so no lease is reclaimed until every live worker could renew again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import math
-import os
 import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
 from typing import Any, TypeVar
 
 import redis
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from conveyor.brokers.base import (
     Broker,
@@ -33,71 +38,45 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
-    check_finite,
-    check_positive,
     check_priority,
 )
-from conveyor.brokers.redis.keys import (
-    QueueKeys,
-    claim_key,
-    counter_key,
-    mark_key,
-    queue_keys,
-    queues_key,
-    rate_key,
-    revoked_key,
-    slots_key,
-)
+from conveyor.brokers.redis.coordination import RedisCoordination
+from conveyor.brokers.redis.keys import QueueKeys, queue_keys, queues_key, revoked_key, stall_key
+from conveyor.brokers.redis.lua import Scripts
+from conveyor.brokers.redis.server import server_warnings
 from conveyor.exceptions import BrokerUnavailable
 from conveyor.storage.redis import KeyWrite, RedisConnection, as_str
+
+logger = logging.getLogger("conveyor.redis")
 
 HISTORY_LENGTH = 20
 RECLAIM_BATCH = 500
 PUBLISH_BATCH = 1000
+#: Messages deleted per call of purge (each call is a short script).
+PURGE_BATCH = 1000
 #: Longest single BLPOP, so a fetch with a long timeout notices shutdown and outages.
 MAX_BLOCK = 5.0
+#: A call slower than this fraction of the lease counts like an outage (see ``reclaim``);
+#: never less than STALL_FLOOR seconds, which a busy client can take by itself.
+STALL_FRACTION = 0.25
+STALL_FLOOR = 0.25
+#: How long, and how many, reclaimed tokens are remembered (``keys.py``: ``lost``).
+LOST_MEMORY_SECONDS = 3600.0
+LOST_MEMORY_COUNT = 100_000
 
 T = TypeVar("T")
-
-_SCRIPTS = (
-    "publish",
-    "fetch",
-    "ack",
-    "settle",
-    "renew",
-    "reclaim",
-    "dead",
-    "purge",
-    "revoke",
-    "rate",
-    "slots",
-    "claim",
-    "incr",
-    "advance",
-)
-
-
-def _load(name: str) -> str:
-    folder = resources.files("conveyor.brokers.redis") / "scripts"
-    common = (folder / "_common.lua").read_text()
-    return common + "\n" + (folder / f"{name}.lua").read_text()
 
 
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
 
 
-def _ttl_ms(ttl: float) -> int:
-    """A positive ttl in whole milliseconds, rounded up (PX 0 would be an error)."""
-    return max(math.ceil(check_positive("ttl", ttl) * 1000), 1)
-
-
-class RedisBroker(Broker):
+class RedisBroker(RedisCoordination, Broker):
     """A broker on Redis (``redis://``, ``rediss://``, ``unix://``).
 
     Args:
         url: the server, with credentials if needed (they never appear in logs).
-        options: lease length and delivery limit.
+        options: lease length, delivery limit, dead-letter limits.
         prefix: first part of every key, so several apps can share a server.
         retry_for: seconds a call keeps retrying through connection errors
             before raising BrokerUnavailable (``broker_connection_timeout``).
@@ -115,18 +94,14 @@ class RedisBroker(Broker):
         self.options = options or BrokerOptions()
         self.prefix = prefix
         self._conn = RedisConnection(url, BrokerUnavailable, retry_for)
-        self._sources = {name: _load(name) for name in _SCRIPTS}
-        self._scripts: dict[tuple[int, str], Script] = {}
-        self._shas = {
-            name: hashlib.sha1(source.encode()).hexdigest()
-            for name, source in self._sources.items()
-        }
+        self._scripts = Scripts(self._conn)
         self._registered: set[str] = set()
-        self._suffix = secrets.token_hex(4)
-        # When this process last found Redis out of reach, or reached it again after
-        # that (monotonic): reclaim waits one lease from then (see ``reclaim``).
+        # When this process last found Redis out of reach or stalled, or reached it
+        # again after that (monotonic): reclaim waits one lease from then.
         self._unreachable_at = -math.inf
         self._down = False
+        self._stall_after = max(self.options.lease_seconds * STALL_FRACTION, STALL_FLOOR)
+        self._checked = False
         self._queue_keys: dict[str, QueueKeys] = {}
 
     # -- plumbing ----------------------------------------------------------------
@@ -137,10 +112,18 @@ class RedisBroker(Broker):
             keys = self._queue_keys[queue] = queue_keys(self.prefix, queue)
         return keys
 
-    def _call(self, fn: Callable[[redis.Redis], T], *, retry_for: float | None = None) -> T:
+    def _call(
+        self,
+        fn: Callable[[redis.Redis], T],
+        *,
+        retry_for: float | None = None,
+        blocking: float = 0.0,
+    ) -> T:
         """``fn(client)`` with the connection's retries, noting when Redis was out of
-        reach and when it was reached again."""
+        reach, reached again, or slow to answer (``blocking``: seconds the call may
+        legitimately wait on the server, a BLPOP's timeout)."""
         first = True
+        started = time.monotonic()
 
         def attempt(client: redis.Redis) -> T:
             nonlocal first
@@ -158,32 +141,41 @@ class RedisBroker(Broker):
             raise
         if self._down:
             self._down = False
-            self._unreachable_at = time.monotonic()
+            self._outage_over("was out of reach")
+        elif time.monotonic() - started - blocking > self._stall_after:
+            self._outage_over(f"took {time.monotonic() - started - blocking:.1f} s to answer")
         return result
+
+    def _outage_over(self, what: str) -> None:
+        """Redis is answering again after an outage or a stall: no reclaim for one lease
+        from now, here and (through the stall key) in every process of the cluster."""
+        self._unreachable_at = time.monotonic()
+        logger.warning(
+            "Redis %s: no lease is reclaimed for %.1f s, so that live workers can renew",
+            what,
+            self.options.lease_seconds,
+        )
+        px = max(math.ceil(self.options.lease_seconds * 1000), 1)
+        try:
+            self._conn.execute("SET", stall_key(self.prefix), "1", "PX", px)
+        except Exception as exc:  # a hint for other processes; this one knows already
+            logger.debug("could not record the stall in Redis: %s", exc)
 
     def _run(
         self, name: str, keys: Sequence[str], args: Sequence[Any], retry_for: float | None = None
     ) -> Any:
-        return self._call(lambda _: self._eval(name, keys, args), retry_for=retry_for)
+        return self._call(lambda _: self._scripts.run(name, keys, args), retry_for=retry_for)
 
-    def _eval(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script, on a connection of ``RedisConnection.execute`` (no pool checkout)."""
-        sha = self._shas[name]
-        try:
-            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted Redis has forgotten every script
-            self._conn.execute("SCRIPT", "LOAD", self._sources[name])
-            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+    def check(self) -> list[str]:
+        """See ``Broker.check``: reads Redis's eviction policy and persistence."""
+        warnings = self._call(lambda _: server_warnings(self._conn, self.options.allow_eviction))
+        self._checked = True
+        return warnings
 
-    def _script(self, client: redis.Redis, name: str) -> Script:
-        # Script objects hold the SHA; EVALSHA falls back to loading after NOSCRIPT
-        # (a restarted Redis has forgotten every script).
-        key = (os.getpid(), name)
-        script = self._scripts.get(key)
-        if script is None:
-            script = client.register_script(self._sources[name])
-            self._scripts[key] = script
-        return script
+    def _check_once(self) -> None:
+        if not self._checked:
+            for warning in self.check():
+                logger.warning("%s", warning)
 
     def _register(self, queue: str) -> None:
         if queue not in self._registered:
@@ -194,16 +186,13 @@ class RedisBroker(Broker):
         members = self._call(lambda c: c.smembers(queues_key(self.prefix)))
         return sorted(as_str(m) for m in members)
 
-    def _settle_keys(self, queue: str) -> list[str]:
-        k = self._keys(queue)
-        return [k.ready, k.delayed, k.inflight, k.msg, k.wake, k.dead]
-
     # -- producing -------------------------------------------------------------
 
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         for m in messages:
             check_priority(m.priority)
             self._keys(m.queue)  # validates the name before anything is written
+        self._check_once()
         calls = []
         # Lua's unpack() has a stack limit: scripts take bounded batches.
         for start in range(0, len(messages), PUBLISH_BATCH):
@@ -215,7 +204,7 @@ class RedisBroker(Broker):
                 if m.queue not in index:
                     index[m.queue] = len(index)
                     k = self._keys(m.queue)
-                    keys += [k.ready, k.delayed, k.msg, k.wake, k.seq]
+                    keys += [k.ready, k.delayed, k.msg, k.wake, k.seq, k.ids]
                 eta = "" if m.eta is None else _us(m.eta)
                 args += [index[m.queue], m.id, m.body, m.priority, eta]
             calls.append((keys, args))
@@ -223,16 +212,8 @@ class RedisBroker(Broker):
             self._register(queue)
         if len(calls) == 1:  # one script is atomic by itself
             self._run("publish", *calls[0])
-            return
-
-        def call(client: redis.Redis) -> None:
-            # One MULTI/EXEC: every batch is stored, or none is.
-            pipe = client.pipeline(transaction=True)
-            for keys, args in calls:
-                self._script(client, "publish")(keys=keys, args=args, client=pipe)
-            pipe.execute()
-
-        self._call(call)
+        else:
+            self._call(lambda _: self._scripts.run_atomically("publish", calls))
 
     # -- consuming -------------------------------------------------------------
 
@@ -241,22 +222,17 @@ class RedisBroker(Broker):
     ) -> list[Delivery]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        self._check_once()
         all_keys = [self._keys(q) for q in queues]
         keys: list[str] = []
         for k in all_keys:
-            keys += [k.ready, k.delayed, k.inflight, k.msg, k.wake]
+            keys += [k.ready, k.delayed, k.inflight, k.msg, k.wake, k.dead, k.deadids, k.ids]
         keys.append(revoked_key(self.prefix))
-        args = [
-            len(queues),
-            limit,
-            consumer,
-            _us(self.options.lease_seconds),
-            self._suffix,
-            HISTORY_LENGTH,
-        ]
+        lease = _us(self.options.lease_seconds)
         wake_keys = [k.wake for k in all_keys]
         deadline = time.monotonic() + timeout
         while True:
+            args = [len(queues), limit, consumer, lease, secrets.token_hex(6), HISTORY_LENGTH]
             reply = self._run("fetch", keys, args)
             count = int(reply[0])
             if count:
@@ -276,7 +252,7 @@ class RedisBroker(Broker):
         def call(client: redis.Redis) -> None:
             client.blpop(wake_keys, timeout=seconds)
 
-        self._call(call)
+        self._call(call, blocking=seconds)
 
     @staticmethod
     def _deliveries(queues: Sequence[str], flat: list[Any], count: int) -> list[Delivery]:
@@ -308,7 +284,7 @@ class RedisBroker(Broker):
             by_queue[d.queue].append(d)
         for queue, batch in by_queue.items():
             k = self._keys(queue)
-            keys = [k.inflight, k.msg]
+            keys = [k.inflight, k.msg, k.ids, k.lost]
             args: list[Any] = [len(batch), *(d.token for d in batch)]
             for index, d in enumerate(batch, 1):
                 w = writes.get(d.token)
@@ -316,19 +292,11 @@ class RedisBroker(Broker):
                     assert isinstance(w, KeyWrite), "writes_for() of another broker"
                     keys.append(w.key)
                     args += [index, w.value, w.px_ms, w.notify]
-            attempts = 0
-
-            def call(_: redis.Redis, keys: list[str] = keys, args: list[Any] = args) -> Any:
-                nonlocal attempts
-                attempts += 1
-                return self._eval("ack", keys, args)
-
-            codes = self._call(call)
+            codes = self._run("ack", keys, args)
             for d, code in zip(batch, codes, strict=True):
-                # -1 (gone) after a retry: our earlier attempt acked it (and stored its
-                # result) before the connection dropped. On a first attempt it means
-                # another consumer did.
-                result[d.token] = int(code) == 1 or (int(code) == -1 and attempts > 1)
+                # 2: acknowledged by an earlier attempt of this call (its result stored
+                # with it), whose reply was lost
+                result[d.token] = int(code) in (1, 2)
         return [result[d.token] for d in deliveries]
 
     @property
@@ -338,10 +306,12 @@ class RedisBroker(Broker):
         return self._conn.url
 
     def _settle(self, delivery: Delivery, *args: Any) -> str:
-        return as_str(self._run("settle", self._settle_keys(delivery.queue), args))
+        k = self._keys(delivery.queue)
+        keys = [k.ready, k.delayed, k.inflight, k.msg, k.wake, k.dead, k.deadids, k.ids, k.lost]
+        return as_str(self._run("settle", keys, args))
 
     def release(self, delivery: Delivery) -> bool:
-        return self._settle(delivery, "release", delivery.token) == "released"
+        return self._settle(delivery, "release", delivery.token) in ("released", "done")
 
     def requeue(self, delivery: Delivery) -> Disposition:
         reason = (
@@ -351,13 +321,16 @@ class RedisBroker(Broker):
         outcome = self._settle(
             delivery, "requeue", delivery.token, self.options.max_deliveries, reason
         )
-        return {"requeued": Disposition.REQUEUED, "dead": Disposition.DEAD}.get(
-            outcome, Disposition.STALE
-        )
+        # done: requeued by an earlier attempt, and delivered again since
+        return {
+            "requeued": Disposition.REQUEUED,
+            "done": Disposition.REQUEUED,
+            "dead": Disposition.DEAD,
+        }.get(outcome, Disposition.STALE)
 
     def retry(self, delivery: Delivery, body: bytes, eta: float | None) -> bool:
         due = "" if eta is None else _us(eta)
-        return self._settle(delivery, "retry", delivery.token, body, due) == "retried"
+        return self._settle(delivery, "retry", delivery.token, body, due) in ("retried", "done")
 
     def renew(self, deliveries: Sequence[Delivery]) -> set[str]:
         lost: set[str] = set()
@@ -372,32 +345,51 @@ class RedisBroker(Broker):
         for queue, batch in by_queue.items():
             k = self._keys(queue)
             tokens = [lease, *(d.token for d in batch)]
-            positions = self._run("renew", [k.inflight, k.msg], tokens, retry_for=retry_for)
+            positions = self._run("renew", [k.inflight, k.msg, k.lost], tokens, retry_for=retry_for)
             lost.update(batch[int(p) - 1].id for p in positions)
         return lost
 
     def reclaim(self) -> list[Reclaimed]:
-        """See ``Broker.reclaim``; after an outage, nothing for one lease.
+        """See ``Broker.reclaim``; after an outage or a stall, nothing for one lease.
 
-        While Redis is out of reach nobody can renew, so when it is back every
-        lease held across the outage looks expired, live workers' included. So
-        this process takes nothing over until it has reached Redis again for
-        ``lease_seconds`` (every live worker renews in that time), and a sweep is
-        never retried: a retry would run the moment Redis is back, before anyone
-        could renew.
+        While Redis is out of reach or stalled nobody can renew, so when it answers
+        again every lease held across the outage looks expired, live workers'
+        included. So nothing is taken over until this process has reached Redis
+        again for ``lease_seconds`` (every live worker renews in that time), nor
+        while another process says it saw an outage or stall (the stall key), nor
+        by a script that ran late (it waited behind a stalled server). A sweep is
+        never retried: a retry would run the moment Redis is back.
         """
+        lease = self.options.lease_seconds
+        if time.monotonic() - self._unreachable_at < lease:
+            return []
+        queues = self._known_queues()
+        look = [("TIME",), ("EXISTS", stall_key(self.prefix))]
+        (seconds, micros), hinted = self._call(lambda _: self._conn.execute_many(look), retry_for=0)
+        if int(hinted):
+            return []
+        read_at = int(seconds) * 1_000_000 + int(micros)
         out: list[Reclaimed] = []
-        for queue in self._known_queues():
-            if time.monotonic() - self._unreachable_at < self.options.lease_seconds:
+        for queue in queues:
+            if time.monotonic() - self._unreachable_at < lease:
                 break
             k = self._keys(queue)
-            flat = self._run(
-                "reclaim",
-                [k.ready, k.inflight, k.msg, k.wake, k.dead],
-                [self.options.max_deliveries, RECLAIM_BATCH],
-                retry_for=0,
-            )
-            for i in range(0, len(flat), 3):
+            keys = [k.ready, k.inflight, k.msg, k.wake, k.dead, k.deadids, k.ids, k.lost]
+            args = [
+                self.options.max_deliveries,
+                RECLAIM_BATCH,
+                read_at,
+                _us(self._stall_after),
+                self.options.dead_letter_max,
+                _us(self.options.dead_letter_expires),
+                _us(LOST_MEMORY_SECONDS),
+                LOST_MEMORY_COUNT,
+            ]
+            flat = self._run("reclaim", keys, args, retry_for=0)
+            if as_str(flat[0]) == "late":
+                self._outage_over("stalled while a reclaim waited")
+                break
+            for i in range(1, len(flat), 3):
                 disposition = Disposition(as_str(flat[i + 1]))
                 out.append(Reclaimed(as_str(flat[i]), queue, disposition, int(flat[i + 2])))
         return out
@@ -405,43 +397,65 @@ class RedisBroker(Broker):
     # -- dead letters ----------------------------------------------------------
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
-        return self._settle(delivery, "dead", delivery.token, reason) == "dead"
+        return self._settle(delivery, "dead", delivery.token, reason) in ("dead", "done")
+
+    def _dead(self, queue: str, *args: Any) -> Any:
+        k = self._keys(queue)
+        return self._run("dead", [k.dead, k.msg, k.ready, k.wake, k.deadids, k.ids], args)
+
+    @staticmethod
+    def _dead_letters(queue: str, flat: list[Any]) -> list[DeadLetter]:
+        out = []
+        for i in range(0, len(flat), 7):
+            mid, body, priority, reason, dl, died, hist = flat[i : i + 7]
+            records = json.loads(hist) or []
+            out.append(
+                DeadLetter(
+                    id=as_str(mid),
+                    queue=queue,
+                    body=bytes(body),
+                    priority=int(priority),
+                    reason=as_str(reason),
+                    deliveries=int(dl),
+                    died_at=int(died) / 1e6,
+                    history=tuple(DeliveryRecord(str(c), float(at) / 1e6) for c, at in records),
+                )
+            )
+        return out
 
     def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
         out: list[DeadLetter] = []
         for name in [queue] if queue else self._known_queues():
-            k = self._keys(name)
-            flat = self._run("dead", [k.dead, k.msg, k.ready, k.wake], ["list", limit])
-            for i in range(0, len(flat), 7):
-                mid, body, priority, reason, dl, died, hist = flat[i : i + 7]
-                records = json.loads(hist) or []
-                out.append(
-                    DeadLetter(
-                        id=as_str(mid),
-                        queue=name,
-                        body=bytes(body),
-                        priority=int(priority),
-                        reason=as_str(reason),
-                        deliveries=int(dl),
-                        died_at=int(died) / 1e6,
-                        history=tuple(DeliveryRecord(str(c), float(at) / 1e6) for c, at in records),
-                    )
-                )
+            out += self._dead_letters(name, self._dead(name, "list", limit))
         out.sort(key=lambda d: d.died_at)
         return out[:limit]
 
-    def _dead_action(self, action: str, message_id: str) -> bool:
+    def get_dead(self, message_id: str) -> DeadLetter | None:
+        found: list[DeadLetter] = []
         for name in self._known_queues():
-            k = self._keys(name)
-            if int(self._run("dead", [k.dead, k.msg, k.ready, k.wake], [action, message_id])):
-                return True
-        return False
+            found += self._dead_letters(name, self._dead(name, "get", message_id))
+        return min(found, key=lambda d: d.died_at, default=None)
+
+    def _oldest_dead_queue(self, message_id: str) -> str | None:
+        found = self.get_dead(message_id)
+        return None if found is None else found.queue
 
     def requeue_dead(self, message_id: str) -> bool:
-        return self._dead_action("requeue", message_id)
+        queue = self._oldest_dead_queue(message_id)
+        return queue is not None and bool(int(self._dead(queue, "requeue", message_id)))
 
     def drop_dead(self, message_id: str) -> bool:
-        return self._dead_action("drop", message_id)
+        queue = self._oldest_dead_queue(message_id)
+        return queue is not None and bool(int(self._dead(queue, "drop", message_id)))
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        total = 0
+        for name in [queue] if queue else self._known_queues():
+            while (n := int(self._dead(name, "purge", PURGE_BATCH))) > 0:
+                total += n
+                if n < PURGE_BATCH:
+                    break
+        return total
 
     # -- inspection ------------------------------------------------------------
 
@@ -467,58 +481,18 @@ class RedisBroker(Broker):
 
     def purge(self, queue: str) -> int:
         k = self._keys(queue)
-        return int(self._run("purge", [k.ready, k.delayed, k.msg, k.wake], []))
-
-    # -- coordination: one script on one key per call (see keys.py) ---------------
-
-    def revoke(self, task_ids: Sequence[str], ttl: float, *, terminate: bool = False) -> None:
-        ttl_ms = _ttl_ms(ttl)
-        if task_ids:
-            args = ["add", ttl_ms, int(terminate), *task_ids]
-            self._run("revoke", [revoked_key(self.prefix)], args)
-
-    def revoked(self, task_ids: Sequence[str]) -> dict[str, bool]:
-        if not task_ids:
-            return {}
-        codes = self._run("revoke", [revoked_key(self.prefix)], ["check", *task_ids])
-        return {i: int(c) == 2 for i, c in zip(task_ids, codes, strict=True) if int(c)}
-
-    def rate_acquire(self, key: str, limit: int, period: float) -> float:
-        check_positive("limit", limit)
-        period_us = check_positive("period", period) * 1e6
-        wait_us = self._run("rate", [rate_key(self.prefix, key)], [period_us / limit, period_us])
-        return int(wait_us) / 1e6
-
-    def slot_acquire(self, key: str, limit: int, holder: str, ttl: float) -> bool:
-        check_positive("limit", limit)
-        args = ["acquire", _ttl_ms(ttl), limit, holder]
-        return bool(int(self._run("slots", [slots_key(self.prefix, key)], args)))
-
-    def slot_renew(self, key: str, holders: Sequence[str], ttl: float) -> None:
-        ttl_ms = _ttl_ms(ttl)
-        if holders:
-            self._run("slots", [slots_key(self.prefix, key)], ["renew", ttl_ms, *holders])
-
-    def slot_release(self, key: str, holder: str) -> None:
-        self._run("slots", [slots_key(self.prefix, key)], ["release", holder])
-
-    def claim(self, key: str, owner: str, ttl: float) -> str | None:
-        args = ["claim", owner, _ttl_ms(ttl)]
-        current = self._run("claim", [claim_key(self.prefix, key)], args)
-        return None if current is None else as_str(current)
-
-    def release_claim(self, key: str, owner: str) -> bool:
-        args = ["release", owner]
-        return bool(int(self._run("claim", [claim_key(self.prefix, key)], args)))
-
-    def incr(self, key: str, ttl: float) -> int:
-        return int(self._run("incr", [counter_key(self.prefix, key)], [_ttl_ms(ttl)]))
-
-    def advance(self, key: str, value: float | None, ttl: float) -> float | None:
-        ttl_ms = _ttl_ms(ttl)
-        arg = "" if value is None else repr(float(check_finite("value", value)))
-        previous = self._run("advance", [mark_key(self.prefix, key)], [arg, ttl_ms])
-        return None if previous is None else float(as_str(previous))
+        keys = [k.ready, k.delayed, k.msg, k.wake, k.ids]
+        # Bounded by what the queue held when the purge began: messages published
+        # meanwhile may stay, but a busy producer cannot keep the purge going.
+        [[ready, delayed]] = [(s.ready, s.delayed) for s in self.stats([queue])]
+        total, left = 0, ready + delayed
+        while left > 0:
+            n = int(self._run("purge", keys, [min(PURGE_BATCH, left)]))
+            total += n
+            left -= n
+            if n == 0:
+                break
+        return total
 
     def close(self) -> None:
         self._conn.close()

@@ -9,21 +9,28 @@ runs on one Cluster slot; every key a script touches is passed in KEYS.
 | `P:{q}:delayed` | zset | member -> due time in us (until due: fetch moves it to ready) |
 | `P:{q}:inflight` | zset | member -> lease expiry in us (until ack, release, requeue, retry, dead-letter or reclaim) |
 | `P:{q}:dead` | zset | member -> time of death in us (until requeued or dropped) |
-| `P:{q}:msg` | hash | member -> msgpack record `{id, body, p, dl, n, ord, tok, con, hist, reason, died}` (until acked, purged or dropped) |
+| `P:{q}:msg` | hash | member -> msgpack record `{id, body, p, dl, n, ord, tok, con, hist, lt, lo, reason, died}` (until acked, purged or dropped) |
+| `P:{q}:ids` | hash | message id -> member of its newest live record (until acked, purged or dead): a publish of a message whose id is waiting already stores nothing |
+| `P:{q}:deadids` | hash | message id -> its dead members, space-separated, oldest first (until requeued, dropped, purged or expired): `dead show ID` is one lookup |
+| `P:{q}:lost` | zset | token -> time it was reclaimed in us (one hour, at most 100,000): a late ack or settle of a reclaimed delivery is refused, never taken for success |
 | `P:{q}:wake` | list | wake-up tokens that sleeping consumers BLPOP (at most 64; emptied when nothing is ready) |
 | `P:{q}:seq` | string | counter for members (one per queue, kept) |
 | `P:queues` | set | names of queues ever published to (kept; for stats and reclaim) |
+| `P:stall` | string | set by a process that waited on a stalled or unreachable Redis (PX: one lease): no process reclaims leases meanwhile |
 | `P:revoked` | zset | task id -> revoked until (ms) x 2 + terminate (0/1) (each revoke drops the expired members; the key expires with its last member) |
 | `P:rate:<key>` | string | GCRA theoretical arrival time in us (PX: until it has passed) |
 | `P:slots:<key>` | zset | holder -> slot expiry in ms (every call drops the expired holders; the key expires with its last holder) |
 | `P:claim:<key>` | string | the owner of the claim (PX: the claim's ttl) |
-| `P:counter:<key>` | string | counter (PX: ttl from its last increment) |
+| `P:tally:<key>` | set | the members counted under the key (PX: ttl from its last addition) |
 | `P:mark:<key>` | string | a mark (`Broker.advance`): the highest value it was raised to, as a decimal string (PX: ttl from when it was last raised) |
 
 ``P`` is the prefix (default ``conveyor``). A member is the message's sequence
 number in its queue, zero-padded to 12 digits so equal scores sort FIFO. A
-delivery's token is ``member.fetches.random``: unique per delivery, and it
-names the member, so every settle call finds its record without a lookup.
+delivery's token is ``member.fetches.nonce``, the nonce fresh for every fetch call:
+unique per delivery, even after Redis lost data and reused a member, and it names
+the member, so every settle call finds its record without a lookup. A record keeps
+the token and outcome of its last settle (``lt``, ``lo``): a call retried after a
+lost reply recognises its own earlier effect.
 
 The coordination keys (``Broker.revoke`` to ``Broker.advance``) hold small records
 shared by every worker and producer. ``<key>`` is the caller's key as it is (a
@@ -50,6 +57,9 @@ class QueueKeys:
     msg: str
     wake: str
     seq: str
+    ids: str
+    deadids: str
+    lost: str
 
 
 def queue_keys(prefix: str, queue: str) -> QueueKeys:
@@ -69,6 +79,9 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         msg=f"{base}:msg",
         wake=f"{base}:wake",
         seq=f"{base}:seq",
+        ids=f"{base}:ids",
+        deadids=f"{base}:deadids",
+        lost=f"{base}:lost",
     )
 
 
@@ -97,8 +110,12 @@ def claim_key(prefix: str, key: str) -> str:
     return f"{prefix}:claim:{key}"
 
 
-def counter_key(prefix: str, key: str) -> str:
-    return f"{prefix}:counter:{key}"
+def tally_key(prefix: str, key: str) -> str:
+    return f"{prefix}:tally:{key}"
+
+
+def stall_key(prefix: str) -> str:
+    return f"{prefix}:stall"
 
 
 def mark_key(prefix: str, key: str) -> str:

@@ -1,45 +1,55 @@
 -- fetch: promote due delayed messages, then lease up to `limit` ready ones.
--- KEYS: 5 per queue, in the consumer's order: ready, delayed, inflight, msg, wake;
---       then the revoked set (see revoke.lua)
--- ARGV: 1 number of queues, 2 limit, 3 consumer, 4 lease_us, 5 token suffix, 6 history length
+-- KEYS: 8 per queue, in the consumer's order: ready, delayed, inflight, msg, wake, dead,
+--       deadids, ids; then the revoked set (see revoke.lua)
+-- ARGV: 1 number of queues, 2 limit, 3 consumer, 4 lease_us, 5 the call's nonce (part of
+--       every token it hands out, so tokens never repeat, even after Redis lost data),
+--       6 history length
 -- Returns: {n, wait_us, then n groups of 7: queue index (0-based), id, body, priority,
 --           token, deliveries, revoked (0|1: revoked and not expired, looked up here
---           so that the worker needs no second round trip)}. With n = 0, wait_us is the time until the earliest
---           delayed message is due (-1: none), and the wake lists are emptied.
+--           so that the worker needs no second round trip)}. With n = 0, wait_us is the
+--           time until the earliest delayed message is due (-1: none), and the wake
+--           lists are emptied. A member whose record is missing or unreadable is moved
+--           to the dead letters with the reason, and the fetch goes on without it.
 local now = now_us()
 local nq, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local consumer, lease, suffix, keep = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local consumer, lease, nonce, keep = ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local PER = 8
+local function queue(q)
+  local b = q * PER
+  return {ready = KEYS[b + 1], delayed = KEYS[b + 2], inflight = KEYS[b + 3], msg = KEYS[b + 4],
+          wake = KEYS[b + 5], dead = KEYS[b + 6], deadids = KEYS[b + 7], ids = KEYS[b + 8]}
+end
 
 for q = 0, nq - 1 do
-  local ready, delayed, msg = KEYS[q * 5 + 1], KEYS[q * 5 + 2], KEYS[q * 5 + 4]
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', fmt(now), 'WITHSCORES', 'LIMIT', 0, 1000)
+  local k = queue(q)
+  local due = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', fmt(now), 'WITHSCORES', 'LIMIT', 0, 1000)
   if #due > 0 then
     local members = {}
     for i = 1, #due, 2 do members[#members + 1] = due[i] end
-    local raws = redis.call('HMGET', msg, unpack(members))
+    local raws = hmget(k.msg, members)
     local zargs, hargs = {}, {}
     for i, member in ipairs(members) do
-      if raws[i] then
-        local st = cmsgpack.unpack(raws[i])
+      local st, why = decode(raws[i])
+      if st then
         -- a delayed message joins the queue at its due time
         st.ord = ready_score(st.p, tonumber(due[i * 2]))
         zargs[#zargs + 1] = fmt(st.ord)
         zargs[#zargs + 1] = member
         hargs[#hargs + 1] = member
         hargs[#hargs + 1] = cmsgpack.pack(st)
+      else
+        bury_unreadable(k, member, raws[i], why, now)
       end
     end
-    if #zargs > 0 then
-      redis.call('ZADD', ready, unpack(zargs))
-      redis.call('HSET', msg, unpack(hargs))
-    end
-    redis.call('ZREM', delayed, unpack(members))
+    chunked('ZADD', k.ready, zargs, 2)
+    chunked('HSET', k.msg, hargs, 2)
+    chunked('ZREM', k.delayed, members)
   end
 end
 
 local candidates = {}
 for q = 0, nq - 1 do
-  local top = redis.call('ZRANGE', KEYS[q * 5 + 1], 0, limit - 1, 'WITHSCORES')
+  local top = redis.call('ZRANGE', queue(q).ready, 0, limit - 1, 'WITHSCORES')
   for i = 1, #top, 2 do
     candidates[#candidates + 1] = {q, top[i], tonumber(top[i + 1])}
   end
@@ -63,17 +73,17 @@ end
 local out = {0, -1}
 local claimed = {}
 for _, q in ipairs(order) do
+  local k = queue(q)
   local members = by_queue[q]
-  local ready, inflight, msg, wake_key = KEYS[q * 5 + 1], KEYS[q * 5 + 3], KEYS[q * 5 + 4], KEYS[q * 5 + 5]
-  local raws = redis.call('HMGET', msg, unpack(members))
+  local raws = hmget(k.msg, members)
   local zargs, hargs = {}, {}
   for i, member in ipairs(members) do
-    if raws[i] then
-      local st = cmsgpack.unpack(raws[i])
+    local st, why = decode(raws[i])
+    if st then
       st.dl = st.dl + 1
-      -- n counts every fetch and never goes down (release undoes dl): tokens never repeat
-      st.n = (st.n or 0) + 1
-      st.tok = member .. '.' .. st.n .. '.' .. suffix
+      -- n counts every fetch and never goes down (release undoes dl)
+      st.n = st.n + 1
+      st.tok = member .. '.' .. st.n .. '.' .. nonce
       st.con = consumer
       local hist = st.hist
       hist[#hist + 1] = {consumer, now}
@@ -83,18 +93,19 @@ for _, q in ipairs(order) do
       hargs[#hargs + 1] = member
       hargs[#hargs + 1] = cmsgpack.pack(st)
       claimed[q .. ' ' .. member] = st
+    else
+      bury_unreadable(k, member, raws[i], why, now)
     end
   end
-  redis.call('ZREM', ready, unpack(members))
-  if #zargs > 0 then
-    redis.call('ZADD', inflight, unpack(zargs))
-    redis.call('HSET', msg, unpack(hargs))
-  end
+  chunked('ZREM', k.ready, members)
+  chunked('ZADD', k.inflight, zargs, 2)
+  chunked('HSET', k.msg, hargs, 2)
   -- more left: pass the wake-up on to the next sleeping consumer
-  if redis.call('ZCARD', ready) > 0 then wake(wake_key, 1) end
+  if redis.call('ZCARD', k.ready) > 0 then wake(k.wake, 1) end
 end
 
 -- reply in the merged order, not queue by queue
+local revoked = KEYS[nq * PER + 1]
 for i = 1, math.min(limit, #candidates) do
   local q, member = candidates[i][1], candidates[i][2]
   local st = claimed[q .. ' ' .. member]
@@ -106,7 +117,7 @@ for i = 1, math.min(limit, #candidates) do
     out[#out + 1] = st.p
     out[#out + 1] = st.tok
     out[#out + 1] = st.dl
-    local score = redis.call('ZSCORE', KEYS[nq * 5 + 1], st.id)
+    local score = redis.call('ZSCORE', revoked, st.id)
     out[#out + 1] = (score and math.floor(tonumber(score) / 2) > now / 1000) and 1 or 0
   end
 end
@@ -114,8 +125,11 @@ end
 if out[1] == 0 then
   local next_due = nil
   for q = 0, nq - 1 do
-    redis.call('DEL', KEYS[q * 5 + 5])
-    local first = redis.call('ZRANGE', KEYS[q * 5 + 2], 0, 0, 'WITHSCORES')
+    local k = queue(q)
+    -- every candidate was unreadable and buried: look again at once
+    if redis.call('ZCARD', k.ready) > 0 then next_due = now end
+    redis.call('DEL', k.wake)
+    local first = redis.call('ZRANGE', k.delayed, 0, 0, 'WITHSCORES')
     if #first > 0 then
       local d = tonumber(first[2])
       if not next_due or d < next_due then next_due = d end

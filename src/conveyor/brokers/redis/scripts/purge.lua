@@ -1,16 +1,23 @@
--- purge: delete the ready and delayed messages of one queue.
--- KEYS: 1 ready, 2 delayed, 3 msg, 4 wake
--- ARGV: -
+-- purge: delete a batch of the ready and delayed messages of one queue (the caller
+-- repeats it until a call deletes fewer than the batch size: never one long script).
+-- KEYS: 1 ready, 2 delayed, 3 msg, 4 wake, 5 ids
+-- ARGV: 1 batch size
 -- Returns: how many were deleted
+local batch = tonumber(ARGV[1])
 local count = 0
 for _, key in ipairs({KEYS[1], KEYS[2]}) do
-  local members = redis.call('ZRANGE', key, 0, -1)
-  for i = 1, #members, 1000 do
-    local chunk = {unpack(members, i, math.min(i + 999, #members))}
-    redis.call('HDEL', KEYS[3], unpack(chunk))
+  local members = redis.call('ZRANGE', key, 0, batch - count - 1)
+  if #members > 0 then
+    local raws = hmget(KEYS[3], members)
+    for i, member in ipairs(members) do
+      local st = decode(raws[i])
+      if st then unindex(KEYS[5], st.id, member) end
+    end
+    chunked('HDEL', KEYS[3], members)
+    chunked('ZREM', key, members)
+    count = count + #members
   end
-  count = count + #members
-  redis.call('DEL', key)
+  if count >= batch then break end
 end
-redis.call('DEL', KEYS[4])
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end
 return count

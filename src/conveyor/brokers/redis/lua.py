@@ -1,0 +1,79 @@
+"""The broker's Lua scripts: loaded from ``scripts/``, run by SHA on the hot path.
+
+Every script is ``_common.lua`` followed by its own file; each opens with its
+KEYS, ARGV and return value. A restarted Redis has forgotten every script, so
+a NOSCRIPT answer loads it and runs it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from conveyor.storage.redis import RedisConnection
+
+NAMES = (
+    "publish",
+    "fetch",
+    "ack",
+    "settle",
+    "renew",
+    "reclaim",
+    "dead",
+    "purge",
+    "revoke",
+    "rate",
+    "slots",
+    "claim",
+    "tally",
+    "advance",
+)
+
+
+def source(name: str) -> str:
+    """The full source of one script: the shared helpers, then the script."""
+    folder = resources.files("conveyor.brokers.redis") / "scripts"
+    common = (folder / "_common.lua").read_text()
+    return common + "\n" + (folder / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """Runs the broker's scripts on one connection (no retries: callers wrap these
+    in ``RedisConnection.call``)."""
+
+    def __init__(self, conn: RedisConnection):
+        self._conn = conn
+        self._sources = {name: source(name) for name in NAMES}
+        self._shas = {
+            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._sources.items()
+        }
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script, by SHA, loading it first if the server does not know it."""
+        sha = self._shas[name]
+        try:
+            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._conn.execute("SCRIPT", "LOAD", self._sources[name])
+            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    def run_atomically(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> None:
+        """Several calls of one script in one MULTI/EXEC: all are applied, or none.
+
+        The script is loaded in the same round trip, before MULTI, so that no call
+        inside the transaction can meet NOSCRIPT.
+        """
+        sha = self._shas[name]
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", self._sources[name]), ("MULTI",)]
+        commands += [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        commands.append(("EXEC",))
+        replies = self._conn.execute_many(commands)
+        for reply in replies[-1] or ():
+            if isinstance(reply, ResponseError):
+                raise reply
