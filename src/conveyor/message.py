@@ -8,11 +8,14 @@ Version 1 layout (keys are short because every message carries them)::
      "ignore_result": bool, "headers": dict}
 
 Times are UNIX seconds. The delivery count is not in the envelope: the broker
-counts deliveries (a crashed worker cannot update the body it held).
+counts deliveries (a crashed worker cannot update the body it held). With
+``message_signing_keys`` a body ends with one more field, ``"sig"``
+(``conveyor.signing``), checked and removed before ``decode``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +130,13 @@ def decode(body: bytes) -> Message:
         # as above: a bool passes isinstance(value, int), so only "ignore_result" may be one
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise DecodeError(f"malformed message: field {key!r} has the wrong type")
+    for key in ("eta", "expires"):
+        value = doc.get(key)
+        if value is not None and not is_datetime_time(value):
+            raise DecodeError(
+                f"malformed message: field {key!r} is out of range ({value!r} is not a time "
+                "a datetime can hold)"
+            )
     return Message(
         id=doc["id"],
         task=doc["task"],
@@ -142,6 +152,17 @@ def decode(body: bytes) -> Message:
         ignore_result=bool(doc.get("ignore_result")),
         headers=doc.get("headers") or {},
     )
+
+
+def is_datetime_time(value: float) -> bool:
+    """Whether ``value`` (UNIX seconds) is a time a UTC datetime can hold (years 1 to
+    9999): a worker turns ``eta`` and ``expires`` into datetimes for the task's request.
+    NaN and infinities are not."""
+    try:
+        dt.datetime.fromtimestamp(value, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return False
+    return True
 
 
 def peek_id(body: bytes) -> str | None:

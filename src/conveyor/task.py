@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 from conveyor import states
 from conveyor.backends.base import ResultWrite
 from conveyor.canvas import Signature, eager_callbacks
+from conveyor.config import parse_rate
 from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+from conveyor.message import is_datetime_time
 from conveyor.result import AsyncResult, EagerResult, encode_failure, encode_success
 
 if TYPE_CHECKING:
@@ -132,7 +134,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         max_retries: int | None = 3,
         default_retry_delay: float = 180.0,
-        rate_limit: str | None = None,
+        rate_limit: str | float | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         typing: bool = True,
@@ -158,7 +160,7 @@ class Task(Generic[P, R]):
         self.priority = priority
         self.max_retries = max_retries
         self.default_retry_delay = default_retry_delay
-        self.rate_limit = rate_limit
+        self.rate_limit = check_rate_limit(name, rate_limit)
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
         self.typing = typing
@@ -349,6 +351,8 @@ class Task(Generic[P, R]):
         Raises:
             TypeError: the arguments do not fit the task function.
             conveyor.exceptions.EncodeError: an argument cannot be sent as JSON.
+            ValueError: ``countdown``, ``eta`` or ``expires`` gives no time a datetime
+                can hold (NaN, infinite, beyond the year 9999); nothing is sent.
         """
         args = list(args or ())
         kwargs = dict(kwargs or {})
@@ -546,6 +550,21 @@ def unique_claim_key(key: str) -> str:
     return f"unique:{key}"
 
 
+def check_rate_limit(task_name: str, rate: str | float | None) -> str | float | None:
+    """``rate_limit`` if it is None or a rate ``parse_rate`` reads: checked when the task
+    is defined, not when its first message is refused by a worker.
+
+    Raises:
+        ConfigurationError: naming the task and the forms a rate may take.
+    """
+    if rate is not None:
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            raise ConfigurationError(f"task {task_name!r}: {exc}") from None
+    return rate
+
+
 def check_unique_until(mode: str) -> str:
     """``unique_until``: ``finished`` (the default) or ``started``."""
     if mode not in ("finished", "started"):
@@ -556,18 +575,41 @@ def check_unique_until(mode: str) -> str:
 def countdown_to_eta(
     countdown: float | dt.timedelta | None, eta: dt.datetime | float | None
 ) -> float | None:
-    """The due time of a message given Celery's ``countdown``/``eta`` options."""
+    """The due time of a message given Celery's ``countdown``/``eta`` options.
+
+    Raises:
+        ValueError: naming the option, if the time is not one a datetime can hold.
+    """
     if countdown is not None:
-        return time.time() + seconds(countdown)
-    return to_timestamp(eta)
+        return _checked("countdown", countdown, lambda: time.time() + seconds(countdown))
+    return _checked("eta", eta, lambda: to_timestamp(eta))
 
 
 def expiry(expires: dt.datetime | dt.timedelta | float | None) -> float | None:
     """The UNIX time after which a message must not run: ``expires`` is seconds
-    (or a timedelta) from now, or an absolute datetime."""
+    (or a timedelta) from now, or an absolute datetime.
+
+    Raises:
+        ValueError: naming the option, if the time is not one a datetime can hold.
+    """
     if expires is None or isinstance(expires, dt.datetime):
-        return to_timestamp(expires)
-    return time.time() + seconds(expires)
+        return _checked("expires", expires, lambda: to_timestamp(expires))
+    return _checked("expires", expires, lambda: time.time() + seconds(expires))
+
+
+def _checked(option: str, given: object, when: Callable[[], float | None]) -> float | None:
+    """``when()``, the UNIX time the send option ``option=given`` stands for, if a
+    worker can hold it as a datetime (it must, to build the task's request)."""
+    try:
+        value = when()
+    except (OverflowError, ValueError):  # an int beyond float, a datetime beyond UTC
+        value = math.inf
+    if value is None or is_datetime_time(value):
+        return value
+    raise ValueError(
+        f"{option}={given!r} is out of range: it is no time between the years 1 and 9999 "
+        f"(UTC), which a task's request must hold"
+    )
 
 
 def seconds(value: float | dt.timedelta) -> float:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+import orjson
 import pytest
 
 from conveyor import states
@@ -108,11 +109,13 @@ class Perform:
     on its loop (``asyncio.sleep``, a gate watched without blocking), except the ones
     made with ``sync=True``, which it calls in a thread as it would a sync task.
 
-    Kinds that take time: "block" (until the lab's gate opens), "sleep" (seconds),
-    "spin" (seconds, in steps of 10 ms: a time limit's exception lands between them),
-    "nap" (seconds, in one blocking call: a coroutine sleeps instead) and "hog"
-    (keeps that many MiB). A time limit reached in a job makes it a FAILURE whose
-    summary names the limit's exception, as in the worker's ``execute``.
+    "raise" raises the exception ``RAISED`` names out of ``execute`` itself, as a broken
+    ``execute`` would: the pool must contain it. Kinds that take time: "block" (until
+    the lab's gate opens), "sleep" (seconds), "spin" (seconds, in steps of 10 ms: a time
+    limit's exception lands between them), "nap" (seconds, in one blocking call: a
+    coroutine sleeps instead) and "hog" (keeps that many MiB). A time limit reached in a
+    job makes it a FAILURE whose summary names the limit's exception, as in the worker's
+    ``execute``.
     """
 
     def __init__(self, lab: Lab, coroutines: bool = False):
@@ -171,6 +174,8 @@ class Perform:
     @staticmethod
     def _end(job: Job) -> Outcome:
         kind, args = job.message.task, job.message.args
+        if kind == "raise":
+            raise RAISED[args[0]]()
         if kind == "fail":
             return Outcome(states.FAILURE, job.message.id.encode(), 0.0, "ValueError: planned")
         if kind == "exit":
@@ -180,6 +185,16 @@ class Perform:
         if kind == "rss":
             return Outcome(states.SUCCESS, job.message.id.encode(), 0.0, str(rss_kib()))
         return Outcome(states.SUCCESS, job.message.id.encode(), 0.0, f"pid {os.getpid()}")
+
+
+#: What "raise" jobs raise out of ``execute`` (instead of reporting an outcome), by name.
+RAISED: dict[str, type[BaseException]] = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "GeneratorExit": GeneratorExit,
+    "CancelledError": asyncio.CancelledError,
+    "RuntimeError": RuntimeError,
+}
 
 
 def _limit_reached(job: Job, exc: BaseException) -> Outcome:
@@ -375,6 +390,37 @@ def test_concurrency_below_one_is_refused(pool_name: str, lab: Lab) -> None:
         build_pool(pool_name, lab, 0, Done())
 
 
+@pytest.mark.parametrize("exception", sorted(RAISED))
+def test_an_execute_that_raises_anything_reports_a_failure_and_frees_the_slot(
+    make_pool: MakePool, lab: Lab, exception: str
+) -> None:
+    # Given a pool of one slot
+    harness = make_pool(1)
+
+    # When a job's execute raises instead of reporting an outcome, even an exception
+    # that is not an Exception (SystemExit, KeyboardInterrupt, a CancelledError that
+    # no one asked for...)
+    harness.submit(make_job("raiser", "raise", exception))
+    [(_, pid)] = lab.started(1)
+
+    # Then the job is reported once, a FAILURE naming the exception, with its traceback
+    [(job, outcome)] = harness.done.wait(1)
+    assert job.message.id == "raiser"
+    assert outcome.state == states.FAILURE
+    assert outcome.summary.split(":")[0] == exception
+    assert outcome.payload is not None
+    stored = orjson.loads(outcome.payload)
+    assert stored["exc_type"].rpartition(".")[2] == exception
+    assert exception in stored["traceback"]
+
+    # And the slot is free, in the same process: the next job runs to success
+    harness.submit(make_job("next"))
+    assert lab.started(1) == [("next", pid)]
+    assert harness.done.wait(2)[1][1].state == states.SUCCESS
+    assert harness.pool.running() == []
+    assert not harness.pool.failed.is_set()
+
+
 @pytest.mark.parametrize("pool_name", ["solo"])
 def test_solo_runs_the_job_before_submit_returns(pool_name: str, make_pool: MakePool) -> None:
     # Given the solo pool
@@ -387,6 +433,30 @@ def test_solo_runs_the_job_before_submit_returns(pool_name: str, make_pool: Make
     assert harness.done.ids() == ["inline"]
     assert harness.pool.take_pending() == []
     assert harness.pool.concurrency == 1
+
+
+@pytest.mark.parametrize("pool_name", ["solo"])
+def test_solo_runs_one_job_at_a_time_even_when_two_threads_submit(
+    pool_name: str, make_pool: MakePool, lab: Lab
+) -> None:
+    # Given the solo pool running a job that blocks, submitted from one thread
+    harness = make_pool(1)
+    first = threading.Thread(target=harness.pool.submit, args=(make_job("first", "block"),))
+    first.start()
+    lab.started(1)
+
+    # When another thread submits a job meanwhile (a second fetch loop would)
+    second = threading.Thread(target=harness.pool.submit, args=(make_job("second"),))
+    second.start()
+
+    # Then it does not start while the first runs, and runs once the first is done
+    assert lab.nothing_started(0.5)
+    assert [job.message.id for job in harness.pool.running()] == ["first"]
+    lab.release()
+    assert [job_id for job_id, _ in lab.started(1)] == ["second"]
+    first.join(5.0)
+    second.join(5.0)
+    assert harness.done.ids() == ["first", "second"]
 
 
 # --- pools with several slots --------------------------------------------------------------------

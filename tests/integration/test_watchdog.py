@@ -14,10 +14,12 @@ from conveyor import Conveyor
 from conveyor.worker import Worker, WorkerOptions
 
 
+@pytest.mark.parametrize("pool", ["threads", "solo"])
 def test_a_fetch_loop_stuck_on_a_frozen_broker_is_restarted_and_work_resumes(
-    redis_server, redis_url: str, caplog: pytest.LogCaptureFixture
+    redis_server, redis_url: str, caplog: pytest.LogCaptureFixture, pool: str
 ) -> None:
-    # Given a worker on Redis with a one-second watchdog
+    # Given a worker on Redis with a one-second watchdog (solo: it runs tasks in that
+    # loop, and is restarted all the same when it is stuck fetching)
     app = Conveyor("watchdog", broker=redis_url)
 
     @app.task
@@ -25,7 +27,7 @@ def test_a_fetch_loop_stuck_on_a_frozen_broker_is_restarted_and_work_resumes(
         return x + y
 
     options = WorkerOptions(
-        queues=["celery"], concurrency=1, pool="threads", fetch_timeout=0.2, watchdog_timeout=1.0
+        queues=["celery"], concurrency=1, pool=pool, fetch_timeout=0.2, watchdog_timeout=1.0
     )
     worker = Worker(app, options)
     runner = threading.Thread(target=worker.run, daemon=True)

@@ -648,6 +648,51 @@ def test_expires_as_a_naive_datetime_is_utc(app: Conveyor) -> None:
     assert take_one(app).expires == dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC).timestamp()
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        pytest.param("eta", dt.datetime.max, id="eta-datetime-max"),
+        pytest.param("eta", float("nan"), id="eta-nan"),
+        pytest.param("eta", float("inf"), id="eta-inf"),
+        pytest.param("eta", 1e300, id="eta-1e300"),
+        pytest.param("eta", 10**400, id="eta-int-beyond-float"),
+        pytest.param("expires", dt.datetime.max, id="expires-datetime-max"),
+        pytest.param("expires", float("nan"), id="expires-nan"),
+        pytest.param("expires", float("-inf"), id="expires-minus-inf"),
+        pytest.param("expires", 1e300, id="expires-1e300"),
+        pytest.param("expires", dt.timedelta.max, id="expires-timedelta-max"),
+        pytest.param("countdown", float("nan"), id="countdown-nan"),
+        pytest.param("countdown", float("inf"), id="countdown-inf"),
+        pytest.param("countdown", -1e300, id="countdown-minus-1e300"),
+        pytest.param("countdown", dt.timedelta.max, id="countdown-timedelta-max"),
+    ],
+)
+def test_a_time_option_out_of_range_fails_at_send_naming_it_and_sends_nothing(
+    app: Conveyor, option: str, value: Any
+) -> None:
+    # Given a task
+    task = app.task(add)
+
+    # When it is sent with a time no datetime can hold (NaN, infinite, past year 9999)
+    # Then the send fails naming the option, and nothing is published
+    with pytest.raises(ValueError, match=f"^{option}=.* out of range"):
+        task.apply_async((1, 2), **{option: value})
+    with pytest.raises(ValueError, match=f"^{option}=.* out of range"):
+        app.send_task(task.name, [1, 2], **{option: value})
+    assert stats(app) == QueueStats("celery")
+
+
+def test_a_unique_task_refused_for_its_eta_leaves_its_key_free(app: Conveyor) -> None:
+    # Given a unique task whose first send fails on its eta
+    task = app.task(add)
+    with pytest.raises(ValueError, match="eta="):
+        task.apply_async((1, 2), unique_key="only-one", eta=float("nan"))
+
+    # When it is sent again with a valid eta, Then it is published: no key was kept
+    task.apply_async((1, 2), unique_key="only-one")
+    assert stats(app).ready == 1
+
+
 # --- results -------------------------------------------------------------------------------------
 
 

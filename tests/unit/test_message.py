@@ -232,6 +232,49 @@ def test_an_optional_field_of_the_wrong_type_is_a_decode_error(field: str, value
         decode(body)
 
 
+def body_with(field: str, raw: bytes) -> bytes:
+    """A valid envelope whose ``field`` is the JSON text ``raw`` (which may not be
+    something ``orjson.dumps`` writes, such as ``1e400``)."""
+    return envelope(**{field: "@"}).replace(b'"@"', raw)
+
+
+@pytest.mark.parametrize("field", ["eta", "expires"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"253402300800.0", id="datetime-max-as-sent"),
+        pytest.param(b"1e300", id="1e300"),
+        pytest.param(b"-1e300", id="minus-1e300"),
+        pytest.param(b"100000000000000000000000000000", id="huge-int"),
+        pytest.param(b"-62135596801", id="before-year-1"),
+    ],
+)
+def test_a_time_no_datetime_can_hold_is_a_decode_error_naming_the_field(
+    field: str, raw: bytes
+) -> None:
+    # Given an envelope whose time is a number, but not one a worker can turn into a
+    # datetime for the task's request
+    body = body_with(field, raw)
+
+    # When it is decoded, Then it fails naming the field
+    with pytest.raises(DecodeError, match=f"field '{field}' is out of range"):
+        decode(body)
+
+
+@pytest.mark.parametrize("field", ["eta", "expires"])
+def test_a_time_json_cannot_hold_is_a_decode_error(field: str) -> None:
+    with pytest.raises(DecodeError):
+        decode(body_with(field, b"1e400"))
+
+
+@pytest.mark.parametrize("field", ["eta", "expires"])
+@pytest.mark.parametrize("value", [253402300799.0, -62135596800, 0])
+def test_the_first_and_last_times_a_datetime_can_hold_are_accepted(
+    field: str, value: float
+) -> None:
+    assert getattr(decode(envelope(**{field: value})), field) == value
+
+
 def test_decode_error_is_also_a_value_error() -> None:
     with pytest.raises(ValueError, match="invalid JSON"):
         decode(b"")

@@ -8,10 +8,11 @@ import sys
 
 import click
 
-from conveyor import __version__
+from conveyor import Conveyor, __version__
 from conveyor.beat import Beat
 from conveyor.cli import _AppRef, beat_cmd, cli
 from conveyor.cli.common import hostname_option, load_app, logging_options
+from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.worker import Worker, WorkerOptions, default_hostname
 from conveyor.worker.autoscale import parse_autoscale
 from conveyor.worker.banner import banner
@@ -19,6 +20,18 @@ from conveyor.worker.logs import as_record_line
 from conveyor.worker.pools import POOLS
 
 logger = logging.getLogger("conveyor.worker")
+
+
+def check_broker(app: Conveyor) -> list[str]:
+    """What the broker says the operator should know; exits with the reason if the broker
+    would lose messages quietly (an evicting Redis)."""
+    try:
+        return app.broker.check()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BrokerError as exc:  # checked again before the first fetch
+        logger.warning("could not check the broker yet: %s", exc)
+        return []
 
 
 @cli.command()
@@ -50,6 +63,12 @@ logger = logging.getLogger("conveyor.worker")
 @click.option("-n", "--hostname", help="Worker name; %h expands to the host name.")
 @click.option("--shutdown-timeout", type=float, help="Seconds running tasks get on SIGTERM [25].")
 @click.option(
+    "--watchdog-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    hidden=True,  # a testing knob: how long a stuck fetch loop is given [60]
+    help="Seconds without progress of the fetch loop before it is restarted [60].",
+)
+@click.option(
     "-B",
     "--beat",
     "with_beat",
@@ -69,6 +88,7 @@ def worker(
     autoscale: str | None,
     hostname: str | None,
     shutdown_timeout: float | None,
+    watchdog_timeout: float | None,
     with_beat: bool,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM or Ctrl-C."""
@@ -95,6 +115,8 @@ def worker(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--autoscale") from None
         options.concurrency = options.autoscale[0]
+    if watchdog_timeout is not None:
+        options.watchdog_timeout = watchdog_timeout
     if options.pool == "solo":
         options.concurrency = 1
     for name, reason in conf.ignored_settings():
@@ -102,7 +124,10 @@ def worker(
     scheduler = Beat(app, hostname=host) if with_beat else None
     runner = Worker(app, options, services=[scheduler] if scheduler else [])
     extra = [f"  beat:     {beat_cmd.summary(scheduler)}"] if scheduler else []
+    warnings = check_broker(app)
     text = banner(app, options, runner.hostname, __version__, extra)
     click.echo(as_record_line(text, log_format), err=True)
+    for warning in warnings:
+        logger.warning("%s", warning)
     code = runner.run()
     sys.exit(code)

@@ -9,8 +9,8 @@ Threads of a worker process and what each owns::
     services    optional, started and stopped with the worker (``--beat``: the scheduler)
 
 The worker holds at most ``concurrency x prefetch_multiplier`` unacknowledged
-deliveries, and fetches for all free slots at once. It knows the broker and
-backend contracts only.
+deliveries (solo: one), and fetches for all free slots at once. It knows the
+broker and backend contracts only.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from conveyor.exceptions import (
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
 from conveyor.signals import SignalRelay
+from conveyor.signing import verify
 from conveyor.worker.admission import Admission
 from conveyor.worker.autoscale import KEEPALIVE, Autoscaler
 from conveyor.worker.callbacks import Callbacks
@@ -76,7 +77,7 @@ class WorkerOptions:
     shutdown_timeout: float = 25.0
     fetch_timeout: float = 1.0
     #: Seconds without a successful fetch (while there is room) before the fetch
-    #: loop is restarted.
+    #: loop is restarted; never while it runs a task itself (solo).
     watchdog_timeout: float = 60.0
     #: Where to keep the heartbeat file for ``conveyor worker-health`` (None: nowhere).
     heartbeat_file: str | None = None
@@ -122,6 +123,10 @@ class Worker:
         )
         size = options.autoscale[1] if options.autoscale else options.concurrency
         self.pool: Pool = pool_cls(JobRunner(app, self.hostname), size, self._on_done, limits)
+        if self.pool.runs_inline:
+            # Solo runs each job inside the fetch loop: a prefetched delivery would wait
+            # there, unheld, its lease not renewed, while the jobs before it run.
+            self.capacity = 1
         self.autoscaler = (
             Autoscaler(
                 self.pool, options.autoscale[1], options.autoscale[0], options.autoscale_keepalive
@@ -151,6 +156,8 @@ class Worker:
         self.fetch_alive = time.monotonic()
         self._fetch_started = self.fetch_alive
         self._fetch_generation = 0
+        # Set while the fetch loop runs a job itself (solo): busy, not stuck.
+        self._fetch_running_job = False
         self.liveness = HeartbeatFile(options.heartbeat_file) if options.heartbeat_file else None
 
     # -- running -------------------------------------------------------------------
@@ -177,7 +184,15 @@ class Worker:
         self._fetch_started = time.monotonic()
         return self._spawn(lambda: self._fetch_loop(generation), "conveyor-fetcher")
 
+    def _fetch_age(self) -> float:
+        """Seconds since the fetch loop last made progress; 0 while it runs a job (solo)."""
+        if self._fetch_running_job:
+            return 0.0
+        return time.monotonic() - self.fetch_alive
+
     def _watch_fetcher(self) -> None:
+        if self._fetch_running_job:
+            return  # a long task, not a stuck fetch: a second loop would run a second task
         now = time.monotonic()
         if now - max(self.fetch_alive, self._fetch_started) > self.options.watchdog_timeout:
             # The stuck loop exits on its own if it ever returns (its generation is old).
@@ -202,7 +217,7 @@ class Worker:
                     demand = len(self._held)
                 self.autoscaler.update(demand)
             if self.liveness is not None:
-                self.liveness.update(time.monotonic() - self.fetch_alive)
+                self.liveness.update(self._fetch_age())
         self.shutdown()
         return self.exit_code
 
@@ -230,14 +245,23 @@ class Worker:
 
     def shutdown(self) -> None:
         """Stop fetching, return unstarted messages, let running ones finish until
-        ``shutdown_timeout``, return what still runs (acks late), stop."""
+        ``shutdown_timeout``, return what still runs (acks late), stop.
+
+        Unstarted messages go back as if never delivered (``release``); a started one
+        keeps its attempt (``requeue``), so that a task that always outlives the
+        timeout ends in the dead letters after ``broker_max_deliveries`` stops.
+        """
         self._stop_fetching.set()
         for service in self.services:
             service.stop()
-        for thread in self._threads[:1]:  # the fetcher returns within fetch_timeout
-            thread.join(self.options.fetch_timeout + 5)
-        self._give_back(self.pool.take_pending(), "not started")
         deadline = time.monotonic() + self.options.shutdown_timeout
+        # The fetcher returns within fetch_timeout; solo's once the task it runs ends.
+        join = self.options.fetch_timeout + 5
+        if self.pool.runs_inline:
+            join = max(self.options.fetch_timeout + 1, self.options.shutdown_timeout)
+        for thread in self._threads[:1]:
+            thread.join(join)
+        self._give_back(self.pool.take_pending(), "not started", started=False)
         with self._cond:
             while self._held and not self._cold.is_set() and time.monotonic() < deadline:
                 self._cond.wait(0.1)
@@ -245,7 +269,7 @@ class Worker:
             still = list(self._held.values())
         if still:
             why = "cold shutdown" if self._cold.is_set() else "shutdown timeout reached"
-            self._give_back(still, f"still running at {why}")
+            self._give_back(still, f"still running at {why}", started=True)
         self._outcomes.put(_STOP)
         self._threads[1].join(5)
         self.heartbeat.stop()
@@ -254,14 +278,32 @@ class Worker:
             self.liveness.remove()
         logger.info("worker %s stopped", self.hostname)
 
-    def _give_back(self, jobs: list[Job], why: str) -> None:
+    def _give_back(self, jobs: list[Job], why: str, *, started: bool) -> None:
         for job in jobs:
             with self._cond:
-                if self._held.pop(job.delivery.token, None) is None:
-                    continue
+                if job.settling or self._held.pop(job.delivery.token, None) is None:
+                    continue  # settled (or being settled) meanwhile
                 self._cond.notify_all()
-            if not job.acked and self.broker.release(job.delivery):
-                logger.info("returned %s to the queue (%s)", job.label, why)
+            if job.acked:
+                continue
+            try:
+                if not started:
+                    if self.broker.release(job.delivery):
+                        logger.info("returned %s to the queue (%s)", job.label, why)
+                else:
+                    self._requeue_started(job, why)
+            except Exception as exc:
+                logger.error("could not return %s (%s): its lease expires instead", job.label, exc)
+
+    def _requeue_started(self, job: Job, why: str) -> None:
+        """Hand back a job that started: the attempt counts, as a lost one does."""
+        disposition = self.broker.requeue(job.delivery)
+        if disposition is Disposition.REQUEUED:
+            logger.warning("returned %s to the queue (%s); the attempt counts", job.label, why)
+        elif disposition is Disposition.DEAD:
+            reason = f"dead-lettered after {job.delivery.deliveries} deliveries; last: {why}"
+            logger.error("%s %s", job.label, reason)
+            self._store(job, states.FAILURE, WorkerLostError(reason))
 
     def _watch_revokes(self) -> None:
         """Stop running tasks revoked with terminate=True (checked twice a second, one
@@ -340,21 +382,62 @@ class Worker:
                 logger.exception("could not check %d messages for revokes", len(deliveries))
                 continue
             for i, delivery in enumerate(deliveries):
-                if self._stop_fetching.is_set():
-                    for rest in deliveries[i:]:
-                        self.broker.release(rest)
+                # A loop the watchdog replaced (it was stuck fetching) runs nothing more:
+                # its replacement fetches and runs in its place.
+                if self._stop_fetching.is_set() or generation != self._fetch_generation:
+                    self._release_unstarted(deliveries[i:])
                     return
                 try:
                     self._accept(delivery, delivery.id in revoked)
-                except Exception:
-                    # Not held: its lease expires and another delivery retries it.
-                    logger.exception("could not accept message %s", delivery.id)
+                except BaseException as exc:
+                    self._unaccepted(delivery, exc)
+
+    def _release_unstarted(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                self.broker.release(delivery)
+            except Exception as exc:
+                logger.warning("could not hand back %s (%s): its lease expires", delivery.id, exc)
+
+    def _unaccepted(self, delivery: Delivery, exc: BaseException) -> None:
+        """Settle a delivery that ``_accept`` raised on: never left held (renewed for
+        ever, settled never). An outage leaves it to its lease (it comes back); any
+        other error would come back with it: the message goes to the dead letters."""
+        with self._cond:
+            job = self._held.get(delivery.token)
+            if job is not None and job.settling:
+                return  # it ran (solo) and its outcome is being settled
+            if job is not None:
+                del self._held[delivery.token]
+                self._cond.notify_all()
+        if isinstance(exc, BrokerError | BackendError):
+            logger.error("could not accept message %s (%s): its lease expires", delivery.id, exc)
+            return
+        logger.error("could not accept message %s", delivery.id, exc_info=exc)
+        try:
+            msg = decode(verify(delivery.body, self.app.conf.message_signing_keys))
+        except DecodeError:
+            msg = None
+        try:
+            if msg is None:
+                self._reject(delivery, None, "?", exc)
+            else:  # its concurrency slot too, if the check took one before failing
+                self.admission.finished(self.app.tasks.get(msg.task), delivery)
+                self._reject(delivery, msg.id, msg.task, exc)
+        except Exception as error:
+            logger.error("could not dead-letter message %s: %s", delivery.id, error)
 
     def _accept(self, delivery: Delivery, revoked: bool = False) -> None:
         try:
-            msg = decode(delivery.body)
+            body = verify(delivery.body, self.app.conf.message_signing_keys)
         except DecodeError as exc:
-            self._reject(delivery, peek_id(delivery.body), "?", exc)
+            # Its id is unverified: a forged message stores no result under a real task's id.
+            self._reject(delivery, None, "?", exc)
+            return
+        try:
+            msg = decode(body)
+        except DecodeError as exc:
+            self._reject(delivery, peek_id(body), "?", exc)
             return
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -398,7 +481,15 @@ class Worker:
             with self._cond:
                 demand = len(self._held)
             self.autoscaler.update(demand)  # grow before submitting: the job starts at once
-        self.pool.submit(job)
+        if not self.pool.runs_inline:
+            self.pool.submit(job)
+            return
+        self._fetch_running_job = True
+        try:
+            self.pool.submit(job)
+        finally:
+            self.fetch_alive = time.monotonic()  # before the flag drops: never seen stale
+            self._fetch_running_job = False
 
     def _refuse(self, job: Job, reason: str, log: str) -> None:
         """Settle a message that must not run: acked, REVOKED stored, unique key freed."""
@@ -408,7 +499,9 @@ class Worker:
         self.admission.release_unique(job.message.headers, job.message.id, "started")
         self.admission.release_unique(job.message.headers, job.message.id, "finished")
 
-    def _reject(self, delivery: Delivery, task_id: str | None, name: str, exc: Exception) -> None:
+    def _reject(
+        self, delivery: Delivery, task_id: str | None, name: str, exc: BaseException
+    ) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         if self.broker.dead_letter(delivery, reason):
             logger.error("message %s dead-lettered: %s", delivery.id, reason)

@@ -4,6 +4,13 @@
 or the consumer thread itself (solo); ``execute_async`` is the same run awaited
 on an event loop (the asyncio pool). Neither touches the broker: settling a
 delivery is the consumer's job, in the parent, fenced by the delivery token.
+
+Neither raises: whatever a task raises, ``BaseException`` included (``sys.exit()``,
+a ``KeyboardInterrupt`` or ``CancelledError`` of its own), and whatever fails around
+it, ends as the job's FAILURE outcome, so a pool never loses a thread, a process or
+a slot to a task. Only the pool's own interruptions pass through: a time limit or a
+terminate that lands as the task returns (``pools.base.run_job`` decides), and the
+cancellation of an async job by its pool.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from conveyor.exceptions import (
 )
 from conveyor.message import Message, encode
 from conveyor.result import encode_failure, encode_state, encode_success
+from conveyor.signing import sign
 from conveyor.task import Request, Task, from_timestamp, request_context
 from conveyor.worker.limits import interruptible
 
@@ -86,11 +94,26 @@ class Outcome:
     retry_eta: float | None = None
 
 
+#: What a pool raises into a task's thread (``limits.interrupt``, SIGALRM); one that
+#: lands as the task returns is the pool's to report (``pools.base.run_job``).
+INTERRUPTS = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
+
+
 def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
-    """Run the job's task and encode what happened; never raises for task errors.
+    """Run the job's task and encode what happened; raises nothing but a late
+    ``INTERRUPTS`` (see the module docstring).
 
     An async task runs on this thread's own event loop (see ``Task.__call__``).
     """
+    try:
+        return _execute(app, job, hostname)
+    except INTERRUPTS:
+        raise
+    except BaseException as exc:
+        return crashed(job, exc, hostname)
+
+
+def _execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
     run = _Run.begin(app, job, hostname)
     with request_context(run.request):
         try:
@@ -99,12 +122,28 @@ def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
                 value: Any = run.task(*job.message.args, **job.message.kwargs)
         except Exception as exc:
             return run.raised(exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt... of the task's own
+            return run.failed(exc)
     return run.succeeded(value)
 
 
 async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
     """``execute``, awaiting the task on the running event loop instead of blocking
-    this thread (for the asyncio pool, which runs many such jobs on one loop)."""
+    this thread (for the asyncio pool, which runs many such jobs on one loop).
+
+    Raises nothing but the CancelledError of this job's own cancellation (its pool
+    stopping, a terminate, its hard time limit)."""
+    try:
+        return await _execute_async(app, job, hostname)
+    except asyncio.CancelledError as exc:
+        if being_cancelled():
+            raise
+        return crashed(job, exc, hostname)
+    except BaseException as exc:
+        return crashed(job, exc, hostname)
+
+
+async def _execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
     run = _Run.begin(app, job, hostname)
     with request_context(run.request):
         soft = asyncio.timeout(job.soft_time_limit)
@@ -119,11 +158,39 @@ async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
         except Exception as exc:
             return run.raised(exc)
         except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if being_cancelled():
                 raise  # this job is being cancelled (the pool is stopping)
-            return run.failed(exc)  # something the task awaited was cancelled
+            return run.failed(exc)  # the task's own, or of something it awaited
+        except BaseException as exc:
+            return run.failed(exc)
     return run.succeeded(value)
+
+
+def being_cancelled() -> bool:
+    """Whether the running asyncio task was asked to cancel (not a CancelledError that
+    the code it runs raised or caught from something else)."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
+
+
+def crashed(job: Job, exc: BaseException, hostname: str = "") -> Outcome:
+    """The outcome of a job whose run raised ``exc`` instead of reporting: a FAILURE
+    carrying the exception's type and traceback (REVOKED for a terminate's exception),
+    encoded even when the exception cannot say what it is."""
+    state = states.REVOKED if isinstance(exc, TaskRevokedError) else states.FAILURE
+    task, retries = job.message.task, job.message.retries
+    try:
+        summary = f"{type(exc).__name__}: {exc}"
+        payload = encode_failure(task, exc, state=state, worker=hostname, retries=retries)
+    except Exception:  # its __str__ raised: store what can be said of it
+        summary = type(exc).__name__
+        text = "".join(traceback.format_exception(exc))
+        stand_in = RuntimeError(f"{summary} (its message could not be read)")
+        payload = encode_failure(
+            task, stand_in, state=state, traceback=text, worker=hostname, retries=retries
+        )
+    logger.error("%s crashed: %s", job.label, summary, exc_info=exc)
+    return Outcome(state, payload, 0.0, summary)
 
 
 class JobRunner:
@@ -181,14 +248,16 @@ class _Run:
         )
         run = cls(job, app.get_task(msg.task), request, hostname)
         if job.track_started and job.store_result:
-            app.backend.store(
-                ResultWrite(
-                    msg.id,
-                    states.STARTED,
-                    encode_state(msg.task, states.STARTED, worker=hostname),
-                    app.conf.result_expires,
-                )
+            write = ResultWrite(
+                msg.id,
+                states.STARTED,
+                encode_state(msg.task, states.STARTED, worker=hostname),
+                app.conf.result_expires,
             )
+            try:
+                app.backend.store(write)
+            except Exception as exc:  # a hint for watchers, not a reason to fail the task
+                logger.warning("%s: could not record STARTED: %s", job.label, exc)
         run.started = time.perf_counter()
         return run
 
@@ -217,7 +286,7 @@ class _Run:
             payload,
             time.perf_counter() - self.started,
             f"retry {msg.retries + 1} in {delay:.2f} s: {type(cause).__name__}: {cause}",
-            retry_body=encode(following),
+            retry_body=sign(encode(following), self.task.app.conf.message_signing_keys),
             retry_eta=retry.eta,
         )
 

@@ -3,7 +3,8 @@
 The worker's main (supervision) thread rewrites the file about once a second with
 the time its fetch loop last made progress; it never waits on the network, so a
 file that stops changing means the process is frozen or gone, and a file whose
-``fetch_alive`` stops advancing means the fetch loop is stuck. The file is a tiny
+``fetch_alive`` stops advancing means the fetch loop is stuck (a solo worker's loop
+that is running a task is busy, not stuck: it counts as progress). The file is a tiny
 JSON object::
 
     {"pid": 4242, "fetch_alive": 1717000000.5, "written": 1717000001.0, "hostname": "web-1"}
@@ -40,7 +41,8 @@ class HeartbeatRecord:
     """The content of the heartbeat file."""
 
     pid: int
-    #: When the fetch loop last fetched, or waited for a free slot (UNIX time).
+    #: When the fetch loop last fetched, waited for a free slot, or was running a task
+    #: itself (solo) (UNIX time).
     fetch_alive: float
     #: When the worker wrote this (UNIX time).
     written: float

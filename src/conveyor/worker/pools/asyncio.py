@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from conveyor.worker.job import LOST, TERMINATED, Job, Outcome
+from conveyor.worker.job import LOST, TERMINATED, Job, Outcome, being_cancelled, crashed
 from conveyor.worker.limits import HARD_GRACE, Deadlines, PoolLimits
-from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread, timed_out
+from conveyor.worker.pools.base import Execute, OnDone, Pool, run_job, timed_out
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -178,18 +178,22 @@ class AsyncioPool(Pool):
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._threads, self._run_sync, job)
                 outcome = await (future if job.time_limit is None else self._outlast(future, job))
-        except asyncio.CancelledError:
-            if job.delivery.token not in self._terminating or self._stopping:
-                raise
+        except asyncio.CancelledError as exc:
             current = asyncio.current_task()
-            if current is not None:
+            if current is None or not being_cancelled():
+                outcome = crashed(job, exc)  # the job's own, not a cancellation of it
+            elif job.delivery.token not in self._terminating or self._stopping:
+                raise
+            else:
                 current.uncancel()
-            logger.warning("%s revoked: cancelled", job.label)
-            outcome = Outcome(TERMINATED, summary="revoked with terminate=True; cancelled")
+                logger.warning("%s revoked: cancelled", job.label)
+                outcome = Outcome(TERMINATED, summary="revoked with terminate=True; cancelled")
         except Exception as exc:
             # execute reports task errors in its outcome: this is the pool's own failure
             logger.exception("the asyncio pool could not run %s", job.label)
             outcome = Outcome(LOST, summary=f"the pool could not run it: {exc!r}")
+        except BaseException as exc:  # never out of the loop: asyncio re-raises SystemExit
+            outcome = crashed(job, exc)
         finally:
             self._tasks.pop(job.delivery.token, None)
             self._terminating.discard(job.delivery.token)
@@ -204,8 +208,8 @@ class AsyncioPool(Pool):
         """Await the job's coroutine; at its hard time limit, cancel it and free the slot
         at once (a coroutine that ignores the cancellation runs on, abandoned)."""
         if job.time_limit is None:
-            return await runner.execute_async(job)
-        inner = asyncio.ensure_future(runner.execute_async(job))
+            return await _contained(runner, job)
+        inner = asyncio.ensure_future(_contained(runner, job))
         try:
             done, _ = await asyncio.wait({inner}, timeout=job.time_limit)
         except asyncio.CancelledError:
@@ -237,7 +241,24 @@ class AsyncioPool(Pool):
 
     def _run_sync(self, job: Job) -> Outcome:
         with self._deadlines.watch(job):
-            return run_in_thread(self.execute, job)
+            return run_job(self.execute, job)
+
+
+async def _contained(runner: AsyncExecute, job: Job) -> Outcome:
+    """``runner.execute_async(job)``; anything it raises is the job's FAILURE, except
+    the cancellation of this very job (the pool stopping, a terminate, the hard limit).
+
+    A SystemExit or KeyboardInterrupt must never leave an asyncio task: the event loop
+    re-raises them, and its thread, with every job on it, would end.
+    """
+    try:
+        return await runner.execute_async(job)
+    except asyncio.CancelledError as exc:
+        if being_cancelled():
+            raise
+        return crashed(job, exc)
+    except BaseException as exc:
+        return crashed(job, exc)
 
 
 def _ignore_outcome(task: asyncio.Future[Outcome]) -> None:

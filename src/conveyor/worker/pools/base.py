@@ -9,7 +9,7 @@ from collections.abc import Callable
 from conveyor import states
 from conveyor.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from conveyor.result import encode_failure
-from conveyor.worker.job import TIMED_OUT, Job, Outcome
+from conveyor.worker.job import TIMED_OUT, Job, Outcome, crashed
 from conveyor.worker.limits import PoolLimits
 
 Execute = Callable[[Job], Outcome]
@@ -24,10 +24,15 @@ class Pool(ABC):
     """Runs jobs with bounded concurrency; the consumer does not care how.
 
     ``on_done(job, outcome)`` is called exactly once per submitted job that
-    started, from any thread; a job whose process died reports state LOST.
+    started, from any thread; a job whose process died reports state LOST. An
+    ``execute`` that raises (anything, ``BaseException`` included) reports a FAILURE
+    (see ``run_job``): the pool keeps its threads, processes and slots.
     """
 
     name: str
+    #: ``submit`` runs the job in the calling thread before it returns (solo): the
+    #: worker's fetch loop is then busy running a task, not stuck.
+    runs_inline: bool = False
 
     def __init__(
         self,
@@ -88,10 +93,14 @@ class Pool(ABC):
         where the pool owns processes). Their outcomes are not reported."""
 
 
-def run_in_thread(execute: Execute, job: Job) -> Outcome:
-    """``execute(job)`` in a pool thread. A limit's exception is raised only inside the
-    task's code (see ``limits.interruptible``), where ``execute`` catches it; this is
-    the safety net should one still arrive as the task returns."""
+def run_job(execute: Execute, job: Job) -> Outcome:
+    """``execute(job)`` where a pool runs it (a thread, a prefork child); never raises.
+
+    A limit's exception is raised only inside the task's code (see
+    ``limits.interruptible``), where ``execute`` catches it; this is the safety net
+    should one still arrive as the task returns, and for an ``execute`` that raises
+    anything else: that is the job's FAILURE, never the end of the pool's thread.
+    """
     try:
         return execute(job)
     except TimeLimitExceeded:
@@ -100,6 +109,8 @@ def run_in_thread(execute: Execute, job: Job) -> Outcome:
         exc.args = exc.args or ("soft time limit exceeded as the task ended",)
         payload = encode_failure(job.message.task, exc)
         return Outcome(states.FAILURE, payload, summary=f"SoftTimeLimitExceeded: {exc}")
+    except BaseException as exc:
+        return crashed(job, exc)
 
 
 def timed_out(job: Job, why: str = "") -> Outcome:

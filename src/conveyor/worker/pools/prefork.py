@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 
 from conveyor.worker.job import LOST, TERMINATED, Job, Outcome
 from conveyor.worker.limits import PoolLimits, rss_kib, soft_alarm
-from conveyor.worker.pools.base import Execute, OnDone, Pool, timed_out
+from conveyor.worker.pools.base import Execute, OnDone, Pool, run_job, timed_out
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -74,7 +74,8 @@ def _child_main(conn: Connection, execute: Execute, parent_pid: int, limits: Poo
         if job is None:
             os._exit(0)
         with soft_alarm(job.soft_time_limit):
-            outcome = execute(job)
+            # contained: a task's sys.exit() is its FAILURE, not this child's end (LOST)
+            outcome = run_job(execute, job)
         done += 1
         retire = ""
         if limits.max_tasks_per_child is not None and done >= limits.max_tasks_per_child:

@@ -7,7 +7,7 @@ import threading
 from conveyor.exceptions import TaskRevokedError
 from conveyor.worker.job import Job
 from conveyor.worker.limits import Deadlines, PoolLimits, interrupt
-from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread
+from conveyor.worker.pools.base import Execute, OnDone, Pool, run_job
 
 
 class SoloPool(Pool):
@@ -16,10 +16,12 @@ class SoloPool(Pool):
     The simplest pool to debug with: a breakpoint or profiler in a task sees
     the worker's own thread. Both time limits raise their exception in that
     thread (best effort); nothing can take the thread back from a task that
-    ignores them.
+    ignores them. One job at a time, whatever the threads that submit: a second
+    caller waits for the job running to end.
     """
 
     name = "solo"
+    runs_inline = True
 
     def __init__(
         self,
@@ -30,6 +32,7 @@ class SoloPool(Pool):
     ):
         super().__init__(execute, 1, on_done, limits)
         self._lock = threading.Lock()
+        self._one = threading.Lock()  # held while a job runs: never two at once
         self._current: Job | None = None
         self._ident = 0
         self._deadlines = Deadlines()
@@ -38,17 +41,18 @@ class SoloPool(Pool):
         """Nothing to create."""
 
     def submit(self, job: Job) -> None:
-        with self._lock:
-            self._current = job
-            self._ident = threading.get_ident()
-        self.on_start(job)
-        try:
-            with self._deadlines.watch(job):
-                outcome = run_in_thread(self.execute, job)
-        finally:
+        with self._one:
             with self._lock:
-                self._current = None
-        self.on_done(job, outcome)
+                self._current = job
+                self._ident = threading.get_ident()
+            self.on_start(job)
+            try:
+                with self._deadlines.watch(job):
+                    outcome = run_job(self.execute, job)
+            finally:
+                with self._lock:
+                    self._current = None
+            self.on_done(job, outcome)
 
     def terminate(self, job: Job) -> bool:
         """Raise TaskRevokedError in the job's thread (best effort, as a soft limit)."""

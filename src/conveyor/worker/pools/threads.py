@@ -9,7 +9,7 @@ import threading
 from conveyor.exceptions import TaskRevokedError
 from conveyor.worker.job import Job
 from conveyor.worker.limits import Deadlines, PoolLimits, interrupt
-from conveyor.worker.pools.base import Execute, OnDone, Pool, run_in_thread, timed_out
+from conveyor.worker.pools.base import Execute, OnDone, Pool, run_job, timed_out
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -72,7 +72,7 @@ class ThreadPool(Pool):
             self.on_start(job)
             try:
                 with self._deadlines.watch(job):
-                    outcome = run_in_thread(self.execute, job)
+                    outcome = run_job(self.execute, job)
             finally:
                 with self._cond:
                     abandoned = self._running.get(ident) is not job
@@ -81,7 +81,10 @@ class ThreadPool(Pool):
             if abandoned:
                 logger.warning("%s ended after it was abandoned: outcome dropped", job.label)
                 return
-            self.on_done(job, outcome)
+            try:
+                self.on_done(job, outcome)
+            except Exception:  # the worker's failure: this thread still takes jobs
+                logger.exception("reporting the outcome of %s failed", job.label)
 
     def _abandon(self, job: Job, ident: int) -> None:
         # the time-limit watcher: the job is still running a grace period after its hard limit
