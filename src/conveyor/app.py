@@ -22,6 +22,7 @@ from conveyor.config import Settings, import_object
 from conveyor.exceptions import ConfigurationError, NotRegistered, TaskRevokedError
 from conveyor.result import AsyncResult, encode_failure
 from conveyor.schedules import as_schedule
+from conveyor.signing import sign
 from conveyor.task import Task, countdown_to_eta, expiry
 
 logger = logging.getLogger("conveyor.app")
@@ -135,6 +136,9 @@ class Conveyor:
                         lease_seconds=self.conf.broker_lease_timeout,
                         max_deliveries=self.conf.broker_max_deliveries,
                         connection_timeout=self.conf.broker_connection_timeout,
+                        dead_letter_max=self.conf.broker_dead_letter_max,
+                        dead_letter_expires=self.conf.broker_dead_letter_expires,
+                        allow_eviction=self.conf.redis_allow_eviction,
                     )
                     self._broker = connect_broker(self.broker_url, options)
         return self._broker
@@ -339,7 +343,8 @@ class Conveyor:
         Raises:
             conveyor.exceptions.EncodeError: an argument cannot be sent as JSON;
                 nothing is published.
-            ValueError: priority outside 0-9.
+            ValueError: priority outside 0-9, or a ``countdown``, ``eta`` or ``expires``
+                that gives no time a datetime can hold (the message names the option).
         """
         headers = canvas.headers_from_options(headers, options)  # link, link_error, ...
         if options:
@@ -368,7 +373,7 @@ class Conveyor:
             ignore_result=bool(ignore_result),
             headers=dict(headers or {}),
         )
-        body = wire.encode(msg)
+        body = sign(wire.encode(msg), self.conf.message_signing_keys)
         self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta))
         result = AsyncResult(task_id, self)
         result.sent_at = time.monotonic()

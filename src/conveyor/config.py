@@ -48,6 +48,8 @@ class Setting:
     celery_default: object
     doc: str
     difference: str = ""
+    #: Never shown: not in ``repr(app.conf)``, nor in the error about a wrong value.
+    secret: bool = False
 
 
 # --- validators: each returns the value to store, or raises _Invalid --------------------------
@@ -179,14 +181,65 @@ def _routes(value: Any) -> Any:
     return value
 
 
+_RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*")
+_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+RATE_FORMS: Final = "tasks per second (a number > 0), or a string such as '10/s', '100/m', '1000/h'"
+
+
+def parse_rate(rate: object) -> tuple[int, float]:
+    """Celery's rate limit as ``(limit, period in seconds)``: a number of tasks per second,
+    or ``"N/s"``, ``"N/m"``, ``"N/h"`` (``N`` may be a fraction: ``"0.5/s"`` is one task
+    every 2 s). The one parser of rate strings: settings, task options and the worker.
+
+    Raises:
+        ValueError: not such a rate (the message names the accepted forms).
+    """
+    if isinstance(rate, int | float) and not isinstance(rate, bool):
+        count, period = float(rate), 1.0
+    else:
+        found = _RATE.fullmatch(rate) if isinstance(rate, str) else None
+        if found is None:
+            raise ValueError(f"a rate limit must be {RATE_FORMS}, not {rate!r}")
+        count, period = float(found.group(1)), _PERIODS[found.group(2) or "s"]
+    if not math.isfinite(count) or count <= 0:
+        raise ValueError(f"a rate limit must be above 0 (None means no limit), not {rate!r}")
+    if not count.is_integer():
+        return 1, period / count  # a fractional rate: one task per period/count seconds
+    return int(count), period
+
+
 def _rate_limit(value: Any) -> float | str | None:
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*(/\s*[smh])?\s*", value):
-        return value
-    raise _Invalid("None, tasks per second (> 0), or a string such as '10/s', '100/m', '1000/h'")
+    try:
+        parse_rate(value)
+    except ValueError:
+        raise _Invalid(f"None, {RATE_FORMS}") from None
+    rate: float | str = value
+    return rate
+
+
+#: Shortest signing key: HMAC-SHA256 is as strong as its key, and a short one is guessed.
+MIN_SIGNING_KEY_BYTES: Final = 32
+
+
+def _signing_keys(value: Any) -> tuple[bytes, ...]:
+    expected = f"None, a key or a list of keys (str or bytes of {MIN_SIGNING_KEY_BYTES}+ bytes)"
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str | bytes) else value
+    if not isinstance(items, list | tuple):
+        raise _Invalid(expected)
+    keys = []
+    for item in items:
+        key = item.encode() if isinstance(item, str) else item
+        if not isinstance(key, bytes):
+            raise _Invalid(expected)
+        if len(key) < MIN_SIGNING_KEY_BYTES:
+            make = "python -c 'import secrets; print(secrets.token_hex(32))'"
+            raise _Invalid(expected, f"a key is {len(key)} bytes long; make one with {make}")
+        keys.append(key)
+    return tuple(keys)
 
 
 def _modules(value: Any) -> tuple[str, ...]:
@@ -247,6 +300,18 @@ _TABLE = (
             "dead-letter queue.",
             "Celery has no limit: with `task_reject_on_worker_lost` a message that kills its "
             "worker is redelivered forever."),
+    Setting("broker_dead_letter_max", 10_000, _int(1), CONVEYOR_ONLY,
+            "Dead letters a queue keeps at most: past that the oldest are dropped (as "
+            "workers sweep, every few seconds). `conveyor dead purge` empties them.",
+            "Celery has no dead-letter store on Redis; Sidekiq's dead set keeps 10,000."),
+    Setting("broker_dead_letter_expires", 180 * 86400.0, _seconds(), CONVEYOR_ONLY,
+            "Seconds (or a timedelta) a dead letter is kept before it is dropped (180 days).",
+            "Celery has no dead-letter store on Redis; Sidekiq keeps its dead set 6 months."),
+    Setting("redis_allow_eviction", False, _bool, CONVEYOR_ONLY,
+            "Use a Redis whose `maxmemory-policy` is not `noeviction`. Such a server deletes "
+            "keys under memory pressure, and queued tasks with them, without an error; "
+            "workers and producers refuse it unless this is True (the worker then warns).",
+            "Celery does not look at the eviction policy: tasks can vanish silently."),
     Setting("task_acks_late", True, _bool, False,
             "Acknowledge a message after its task finishes, not before it starts.",
             "Celery acknowledges before running (at-most-once: a killed worker loses the task); "
@@ -281,6 +346,15 @@ _TABLE = (
             "Serializer of results.", _NO_PICKLE),
     Setting("accept_content", ["json"], _accept_content, ["json"],
             "Content types a worker accepts.", _NO_PICKLE),
+    Setting("message_signing_keys", (), _signing_keys, CONVEYOR_ONLY,
+            "Secret keys (str or bytes, at least 32 bytes each) that sign messages with "
+            "HMAC-SHA256: the first signs every message this process sends; a worker runs a "
+            "message only if one of them verifies it (unsigned and forged messages go to the "
+            "dead letters). Several keys let you rotate them; see docs/security.md. Never "
+            "shown in logs, banners or `repr(app.conf)`.",
+            "Celery signs with X.509 certificates (`task_serializer='auth'`, `security_key`, "
+            "`security_certificate`); conveyor signs JSON messages with shared keys.",
+            secret=True),
     Setting("result_expires", 86400.0, _seconds(none_why=_RESULTS_EXPIRE), 86400.0,
             "Seconds (or a timedelta) each stored result is kept.",
             "Celery accepts None (keep forever); conveyor refuses it: every result expires."),
@@ -453,7 +527,10 @@ class Settings(MutableMapping[str, Any]):
         return [*super().__dir__(), *self._values]
 
     def __repr__(self) -> str:
-        changed = ", ".join(f"{k}={_shown(v)}" for k, v in self.changes().items())
+        changed = ", ".join(
+            f"{k}={_shown(v, secret=k in SETTINGS and SETTINGS[k].secret)}"
+            for k, v in self.changes().items()
+        )
         return f"Settings({changed})"
 
     def update(  # type: ignore[override]  # one signature for the three overloads of MutableMapping
@@ -529,7 +606,9 @@ def _checked(key: Any, value: Any, *, uppercase_ok: bool, prefix: str = "") -> t
     try:
         return name, SETTINGS[name].validate(value)
     except _Invalid as exc:
-        raise ConfigurationError(_invalid(prefix + key, value, exc)) from None
+        raise ConfigurationError(
+            _invalid(prefix + key, value, exc, secret=SETTINGS[name].secret)
+        ) from None
 
 
 def _unknown(key: str, *, uppercase_ok: bool, prefix: str = "") -> str:
@@ -540,12 +619,15 @@ def _unknown(key: str, *, uppercase_ok: bool, prefix: str = "") -> str:
     return f"unknown setting '{prefix}{key}'; did you mean '{prefix}{spelled}'?"
 
 
-def _invalid(shown_name: str, value: Any, exc: _Invalid) -> str:
-    message = f"{shown_name} must be {exc.expected}, got {_shown(value)} ({type(value).__name__})"
+def _invalid(shown_name: str, value: Any, exc: _Invalid, *, secret: bool = False) -> str:
+    shown = _shown(value, secret=secret)
+    message = f"{shown_name} must be {exc.expected}, got {shown} ({type(value).__name__})"
     return f"{message}: {exc.why}" if exc.why else message
 
 
-def _shown(value: Any) -> str:
+def _shown(value: Any, *, secret: bool = False) -> str:
+    if secret:
+        return "***"
     text = redact_url(repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -572,13 +654,21 @@ def _incidental(name: str, value: Any) -> bool:
     return name == "TYPE_CHECKING" or type(value).__module__ in ("__future__", "typing")
 
 
-# The password of a URL, even inside the repr of a list or dict; it may contain "@" or "/".
+# The password in a URL's userinfo (``redis://:pw@``, ``redis://user:pw@``), of any scheme,
+# even inside the repr of a list or dict; it may contain "@" or "/".
 _PASSWORD = re.compile(r"""(\b[a-z][a-z0-9+.-]*://[^:/@\s'"]*:)[^\s'"]*@""", re.IGNORECASE)
+# A secret in a URL's query: redis-py reads ``?password=`` (unix:// URLs need it) and
+# ``?ssl_password=``; any parameter whose name says pass, pwd, secret, token or auth.
+_QUERY_SECRET = re.compile(
+    r"""([?&;][^=&;\s'"#]*(?:pass|pwd|secret|token|auth)[^=&;\s'"#]*=)[^&;\s'"#]*""",
+    re.IGNORECASE,
+)
 
 
 def redact_url(url: str) -> str:
-    """``url`` (or any text holding URLs) with passwords replaced by ``***``, for logs."""
-    return _PASSWORD.sub(r"\1***@", url)
+    """``url`` (or any text holding URLs) with passwords replaced by ``***``, for logs:
+    in the userinfo of any scheme, and in query parameters such as ``?password=``."""
+    return _QUERY_SECRET.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
 
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")

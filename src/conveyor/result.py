@@ -88,19 +88,22 @@ def encode_state(task: str, state: str, *, worker: str = "") -> bytes:
     return orjson.dumps({"status": state, "result": None, "task": task, "worker": worker})
 
 
-def rebuild_exception(meta: dict[str, Any]) -> BaseException:
+def rebuild_exception(meta: dict[str, Any]) -> Exception:
     """The exception a failed task raised, rebuilt with its own class when that class
-    is already imported in this process, else a TaskError carrying the remote details.
+    is an ``Exception`` already imported in this process, else a TaskError carrying
+    the remote details.
 
-    Only modules already loaded are consulted: a stored payload never makes this
-    process import code.
+    A stored payload is data anyone who can write to the result store may forge: it
+    never makes this process import code, and never rebuilds a ``BaseException`` that
+    is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit``),
+    which ``get()`` would raise through the caller's ``except Exception`` and stop it.
     """
     type_name = str(meta.get("exc_type") or "Exception")
     message = str(meta.get("exc_message") or "")
     args = meta.get("exc_args") or [message]
     remote_tb = meta.get("traceback")
     cls = _loaded_class(type_name)
-    if isinstance(cls, type) and issubclass(cls, BaseException):
+    if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             exc = cls(*args)
         except Exception:

@@ -6,6 +6,11 @@ error is retried with jittered exponential backoff until a deadline, then
 raised as the caller's "unavailable" error. Lua scripts are atomic, so a
 retried call was either applied whole or not at all.
 
+Errors a retry cannot fix are raised at once, as the caller's "unavailable"
+error naming the cause: refused credentials (a wrong password, an unknown ACL
+user, NOAUTH), and a ``rediss://`` URL whose server speaks no TLS or whose
+certificate is not trusted (the TLS handshake runs within the connect timeout).
+
 The hot path (scripts, result writes and reads) runs through ``execute`` on
 connections kept in a plain deque: on loopback, checking a connection out of
 redis-py's pool and back costs about as much as the command itself.
@@ -16,6 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
+import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -24,13 +32,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
-from redis.connection import ConnectionInterface
+from redis.connection import ConnectionInterface, SSLConnection
+from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.config import redact_url
-from conveyor.exceptions import ConveyorError
+from conveyor.exceptions import ConfigurationError, ConveyorError
 
 logger = logging.getLogger("conveyor.redis")
 
@@ -41,6 +49,97 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
+
+
+class TLSRefused(RedisConnectionError):
+    """A ``rediss://`` connection that cannot be made however often it is tried: the
+    server speaks plain Redis, or its certificate is not trusted."""
+
+
+class _TLSConnection(SSLConnection):
+    """redis-py's TLS connection, with the TLS handshake inside the connect timeout.
+
+    redis-py runs the handshake under the socket's read timeout. A plain Redis port
+    never answers a TLS hello, so ``rediss://`` to it would wait that long per
+    attempt, and then be retried as if the server were down.
+    """
+
+    def _connect(self) -> socket.socket:
+        read_timeout = self.socket_timeout
+        # The TCP connect leaves this on the socket, so the handshake runs under it too.
+        self.socket_timeout = self.socket_connect_timeout
+        try:
+            sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
+        except ssl.SSLCertVerificationError as exc:
+            raise TLSRefused(
+                f"the TLS certificate of {self.host}:{self.port} is not trusted "
+                f"({exc.verify_message}): pass its CA with ?ssl_ca_certs=/path/to/ca.pem"
+            ) from exc
+        except OSError as exc:
+            if not isinstance(exc, ConnectionRefusedError) and _speaks_plain_redis(
+                self.host, self.port, self.socket_connect_timeout
+            ):
+                raise TLSRefused(
+                    f"{self.host}:{self.port} speaks plain Redis, not TLS: use redis://, "
+                    "or rediss:// with the server's TLS port"
+                ) from exc
+            if isinstance(exc, ssl.SSLError) and not isinstance(exc, _SSL_CUT_SHORT):
+                where = f"{self.host}:{self.port}"
+                raise TLSRefused(f"TLS handshake with {where} failed: {exc}") from exc
+            raise
+        finally:
+            self.socket_timeout = read_timeout
+        sock.settimeout(read_timeout)
+        return sock
+
+
+#: Connection errors no retry fixes (checked first: they subclass redis-py's ConnectionError).
+PERMANENT = (AuthenticationError, TLSRefused)
+
+#: TLS errors of a connection cut during the handshake (a restarting server): retried.
+_SSL_CUT_SHORT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _speaks_plain_redis(host: str, port: int, timeout: float | None) -> bool:
+    """Whether ``host:port`` answers a plain-text PING as Redis does (``+PONG``, or an
+    error such as ``-NOAUTH``); a TLS server answers with a TLS record, or not at all."""
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout or 2.0, 2.0)) as probe:
+            probe.sendall(b"PING\r\n")
+            return probe.recv(1) in (b"+", b"-")
+    except OSError:
+        return False
+
+
+def _refusal(exc: Exception) -> str:
+    """Why a connection error will not go away by retrying (never a password)."""
+    if isinstance(exc, AuthenticationError):
+        return (
+            f"authentication failed ({exc}): check the user name and password in the URL "
+            "and the server's ACL"
+        )
+    return f"TLS failed: {exc}"
+
+
+# Celery's URLs name the verify modes as Python's constants; redis-py reads the short names.
+_CELERY_CERT_REQS = re.compile(
+    r"([?&]ssl_cert_reqs=)(?:ssl\.)?CERT_(NONE|OPTIONAL|REQUIRED)\b", re.IGNORECASE
+)
+
+
+def _with_redis_py_names(url: str) -> str:
+    """``url`` with ``ssl_cert_reqs=CERT_REQUIRED`` (Celery's spelling) as ``required``."""
+    return _CELERY_CERT_REQS.sub(lambda m: m.group(1) + m.group(2).lower(), url)
+
+
+def _malformed(url: str, exc: ValueError) -> ConfigurationError:
+    reason = str(exc)
+    if reason.startswith("Port could not be cast"):  # it quotes part of the netloc
+        reason = "its port is not a number"
+    return ConfigurationError(
+        f"cannot read the Redis URL {redact_url(url)!r}: {reason} (in a password, "
+        "percent-encode '/', '?', '#' and '@')"
+    )
 
 
 class RedisConnection:
@@ -78,18 +177,25 @@ class RedisConnection:
             with self._lock:
                 if self._client is None or self._pid != pid:
                     # TCP keepalive is a TCP option: unix-socket connections refuse it.
-                    tcp = {} if self.url.startswith("unix://") else {"socket_keepalive": True}
-                    self._client = redis.Redis.from_url(
-                        self.url,
-                        socket_timeout=SOCKET_TIMEOUT,
-                        socket_connect_timeout=CONNECT_TIMEOUT,
-                        health_check_interval=30,
-                        retry_on_timeout=False,
-                        # CLIENT SETINFO costs two round trips per connection and
-                        # Redis 7.0 rejects it anyway
-                        driver_info=None,
-                        **tcp,
-                    )
+                    tcp: dict[str, Any] = {}
+                    if not self.url.startswith("unix://"):
+                        tcp["socket_keepalive"] = True
+                    if self.url.startswith("rediss://"):
+                        tcp["connection_class"] = _TLSConnection
+                    try:
+                        self._client = redis.Redis.from_url(
+                            _with_redis_py_names(self.url),
+                            socket_timeout=SOCKET_TIMEOUT,
+                            socket_connect_timeout=CONNECT_TIMEOUT,
+                            health_check_interval=30,
+                            retry_on_timeout=False,
+                            # CLIENT SETINFO costs two round trips per connection and
+                            # Redis 7.0 rejects it anyway
+                            driver_info=None,
+                            **tcp,
+                        )
+                    except ValueError as exc:
+                        raise _malformed(self.url, exc) from None
                     self._pid = pid
         return self._client
 
@@ -104,6 +210,9 @@ class RedisConnection:
         while True:
             try:
                 return fn(self.client)
+            except PERMANENT as exc:
+                where = redact_url(self.url)
+                raise self.unavailable(f"Redis at {where}: {_refusal(exc)}") from None
             except TRANSIENT as exc:
                 attempt += 1
                 if attempt == 1:

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
+from conveyor.config import redact_url
+
 BUSY_TIMEOUT_SECONDS = 30.0
 #: How often a waiter reads ``PRAGMA data_version`` (a few microseconds of shared memory).
 POLL_SECONDS = 0.005
@@ -26,17 +28,18 @@ def database_path(url: str) -> str:
             processes cannot share.
     """
     parts = urllib.parse.urlsplit(url)
+    shown = redact_url(url)  # ?password=... is not a sqlite option, but may be in the URL
     if parts.scheme != "sqlite":
-        raise ValueError(f"not a sqlite:// URL: {url!r}")
+        raise ValueError(f"not a sqlite:// URL: {shown!r}")
     path = parts.path[1:] if parts.path.startswith("/") else parts.path
     if ":memory:" in (parts.netloc, path) or path.startswith("file::memory:"):
         raise ValueError(
-            f"{url!r}: an in-memory SQLite database cannot be shared by worker processes;"
+            f"{shown!r}: an in-memory SQLite database cannot be shared by worker processes;"
             " use a file (sqlite:///conveyor.sqlite3) or memory:// in tests"
         )
     if parts.netloc or not path or parts.query or parts.fragment:
         raise ValueError(
-            f"{url!r}: expected sqlite:///relative/path.sqlite3 or sqlite:////absolute/path.sqlite3"
+            f"{shown!r}: expected sqlite:///relative/path.sqlite3 or sqlite:////absolute/path.sqlite3"
         )
     return urllib.parse.unquote(path)
 
@@ -122,6 +125,25 @@ def _journal_wal(conn: sqlite3.Connection) -> None:
     _while_busy(conn, "PRAGMA journal_mode=WAL", (0.001, 0.005))
 
 
+#: Mode of a database file conveyor creates: task arguments and results are private data.
+FILE_MODE = 0o600
+
+
+def _create_private(path: str) -> None:
+    """Create the database file, empty, readable by its owner only, unless it exists.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so they are
+    private too. An existing file keeps its mode: the operator may have chosen it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a missing directory, no permission: sqlite3.connect says so in its words
+    os.close(fd)
+
+
 class Mark(NamedTuple):
     """A point in a database's history to wait from (see ``Database.wait_for_change``)."""
 
@@ -170,6 +192,7 @@ class Database:
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        _create_private(self.path)
         # check_same_thread=False only so that close() may close other threads'
         # connections; each connection is still used by one thread.
         conn = sqlite3.connect(

@@ -11,41 +11,15 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from conveyor.brokers.base import Broker, Delivery
+from conveyor.config import parse_rate
 from conveyor.task import UNIQUE_KEY, UNIQUE_UNTIL, Task, unique_claim_key
 
 logger = logging.getLogger("conveyor.worker")
-
-_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_rate(rate: str | float) -> tuple[int, float]:
-    """Celery's rate limit (``"100/s"``, ``"10/m"``, ``"500/h"``, or a number of tasks per
-    second) as ``(limit, period in seconds)``.
-
-    Raises:
-        ValueError: not such a rate.
-    """
-    if isinstance(rate, int | float) and not isinstance(rate, bool):
-        if rate <= 0:
-            raise ValueError(f"a rate limit must be above 0, not {rate!r}")
-        # a fractional rate per second: one task per 1/rate seconds
-        return (int(rate), 1.0) if float(rate).is_integer() else (1, 1.0 / float(rate))
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*", str(rate))
-    if not found:
-        raise ValueError(f"expected a rate such as '10/s', '100/m' or '500/h', not {rate!r}")
-    count, unit = float(found.group(1)), found.group(2) or "s"
-    period = _PERIODS[unit]
-    if count <= 0:
-        raise ValueError(f"a rate limit must be above 0, not {rate!r}")
-    if not count.is_integer():
-        return 1, period / count
-    return int(count), period
 
 
 def rate_key(task_name: str) -> str:
@@ -92,7 +66,10 @@ class Admission:
         rate = task.rate_limit if task.rate_limit is not None else self.default_rate
         if rate is not None:
             limit, period = parse_rate(rate)
-            wait = self.broker.rate_acquire(rate_key(task.name), limit, period)
+            # the delivery names the request: a retried call takes no second permit
+            wait = self.broker.rate_acquire(
+                rate_key(task.name), limit, period, request=delivery.token
+            )
             if wait > 0:
                 # Spread the waiting messages over one interval: they do not all come
                 # back at the instant the next permit frees up.

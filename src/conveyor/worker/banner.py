@@ -20,8 +20,8 @@ _WARNINGS = {
 def banner(
     app: Conveyor, options: WorkerOptions, hostname: str, version: str, extra: Sequence[str] = ()
 ) -> str:
-    """The lines printed when a worker starts; passwords in URLs are masked. ``extra``
-    lines (such as ``--beat``'s) come before the tasks."""
+    """The lines printed when a worker starts; passwords in URLs are masked, signing keys
+    only counted. ``extra`` lines (such as ``--beat``'s) come before the tasks."""
     broker_url = app.broker_url
     scheme = broker_url.split(":", 1)[0]
     kind = _WARNINGS.get(scheme)
@@ -40,6 +40,7 @@ def banner(
         f"(holds at most {held} unacknowledged message{'s' if held != 1 else ''})",
         f"  queues:   {', '.join(options.queues)}",
         f"  acks:     {'late (after the task finishes)' if app.conf.task_acks_late else 'early'}",
+        f"  signing:  {_signing(len(app.conf.message_signing_keys))}",
     ]
     if options.heartbeat_file:
         lines.append(f"  liveness: {options.heartbeat_file} (read by conveyor worker-health)")
@@ -47,3 +48,10 @@ def banner(
     lines.append("  tasks:")
     lines += [f"    . {name}" for name in sorted(app.tasks)] or ["    (none registered)"]
     return "\n".join(lines)
+
+
+def _signing(keys: int) -> str:
+    # How many keys, never the keys themselves.
+    if not keys:
+        return "off (message_signing_keys is unset)"
+    return f"HMAC-SHA256, {keys} key{'s' if keys != 1 else ''} (runs signed messages only)"

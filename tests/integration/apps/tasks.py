@@ -9,6 +9,7 @@ worker process, at start-up; in the test process, again by ``configure``):
 * ``CONVEYOR_TEST_RESULT_EXPIRES``: ``result_expires`` in seconds [the setting's default]
 * ``CONVEYOR_TEST_CONNECTION_TIMEOUT``: ``broker_connection_timeout`` in seconds
   [the setting's default]
+* ``CONVEYOR_TEST_ALLOW_EVICTION``: ``redis_allow_eviction``, ``1`` or ``0`` [0]
 * ``CONVEYOR_TEST_EXECUTIONS``: the executions log (see ``apps.executions``)
 
 The broker and results come from ``$CONVEYOR_BROKER_URL``, as in production.
@@ -44,6 +45,7 @@ def settings_from_env() -> dict[str, Any]:
         "broker_connection_timeout": _seconds(
             "CONVEYOR_TEST_CONNECTION_TIMEOUT", "broker_connection_timeout"
         ),
+        "redis_allow_eviction": os.environ.get("CONVEYOR_TEST_ALLOW_EVICTION", "0") == "1",
     }
 
 
