@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers redis unit lock clean docs bench bench-quick bench-lock
+.PHONY: demo test lint typecheck layers redis unit lock clean docs bench bench-quick bench-lock chaos
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@./scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -34,6 +34,12 @@ redis:
 # Two pytest workers: most tests wait on worker processes, not on the CPU.
 test: redis lint typecheck layers
 	$(BIN)/python -m pytest -q -n 2
+
+# The chaos suite's long run (docs/reliability.md): 100,000 tasks on Redis, 20,000 on SQLite,
+# through killed workers and a restarted, killed and stalled Redis; about 7 minutes.
+# `make test` runs a short version. CHAOS_ARGS: more options (python -m chaos --help, in tests/).
+chaos: $(STAMP) redis
+	cd tests && $(abspath $(BIN))/python -m chaos --json ../docs/chaos-results.json $(CHAOS_ARGS)
 
 # Side by side with Celery, Dramatiq, RQ, arq and SAQ on one redis-server (docs/benchmarks.md).
 # Each peer gets its own virtualenv under .bench/venvs from bench/requirements/*.txt.
