@@ -411,3 +411,24 @@ def test_a_dead_letter_cap_and_expiry_are_applied_by_reclaim(redis_url: str) -> 
     broker.reclaim()
     assert broker.dead_letters(Q) == []
     broker.close()
+
+
+def test_after_a_restart_one_failed_connection_drops_every_idle_one(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    # Given a connection with several idle sockets (threads used it at once)
+    conn = RedisConnection(redis_url, ConfigurationError)
+    held = [conn._checkout() for _ in range(5)]
+    for c in held:
+        c.connect()  # type: ignore[no-untyped-call]
+        conn._idle.append(c)
+
+    # When Redis restarts, and the next call meets a dead socket and retries
+    redis_server.stop()
+    redis_server.start()
+    assert conn.call(lambda _: conn.execute("PING"))
+
+    # Then no other idle socket of the dead server is left to fail a later call
+    still_open = [c for c in conn._idle if c._sock is not None]  # type: ignore[attr-defined]
+    assert len(still_open) <= 1
+    conn.close()

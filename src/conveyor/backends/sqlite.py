@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from conveyor.backends.base import READY_STATES, ResultBackend, ResultWrite, StoredResult
 from conveyor.exceptions import BackendError
-from conveyor.storage.sqlite import Database
+from conveyor.storage.sqlite import Database, RowWrite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conveyor_results (
@@ -20,6 +20,13 @@ CREATE TABLE IF NOT EXISTS conveyor_results (
 );
 CREATE INDEX IF NOT EXISTS conveyor_results_expiry ON conveyor_results (expires_at);
 """
+
+_UPSERT = (
+    "INSERT INTO conveyor_results (task_id, state, payload, stored_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET"
+    " state = excluded.state, payload = excluded.payload,"
+    " stored_at = excluded.stored_at, expires_at = excluded.expires_at"
+)
 
 #: Expired records are deleted by writers, at most this many per sweep...
 SWEEP_LIMIT = 500
@@ -48,11 +55,7 @@ class SqliteResultBackend(ResultBackend):
         with self._db.transaction() as conn:
             t = time.time()
             conn.executemany(
-                "INSERT INTO conveyor_results (task_id, state, payload, stored_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET"
-                " state = excluded.state, payload = excluded.payload,"
-                " stored_at = excluded.stored_at, expires_at = excluded.expires_at",
-                [(w.task_id, w.state, w.payload, t, t + w.ttl) for w in writes],
+                _UPSERT, [(w.task_id, w.state, w.payload, t, t + w.ttl) for w in writes]
             )
             if self._sweep_due():
                 # A bounded sweep keeps every write short; the next ones finish the job.
@@ -61,6 +64,15 @@ class SqliteResultBackend(ResultBackend):
                     " conveyor_results WHERE expires_at <= ? LIMIT ?)",
                     (t, SWEEP_LIMIT),
                 )
+
+    def writes_for(self, broker: object, writes: Sequence[ResultWrite]) -> list[object] | None:
+        """Row writes for a SQLite broker on this same file: the worker's ack and its
+        results then commit together, so no crash can come between them."""
+        if getattr(broker, "sqlite_path", None) != self._db.path:
+            return None
+        self._db.connection()  # the results table exists before the broker writes to it
+        t = time.time()
+        return [RowWrite(_UPSERT, (w.task_id, w.state, w.payload, t, t + w.ttl)) for w in writes]
 
     def _sweep_due(self) -> bool:
         with self._sweep_lock:

@@ -25,7 +25,7 @@ from conveyor.brokers.base import (
     now,
 )
 from conveyor.exceptions import BrokerUnavailable
-from conveyor.storage.sqlite import Database
+from conveyor.storage.sqlite import Database, RowWrite
 
 # ``due_at`` is when a message became (or becomes) ready: it is the message's
 # place in its queue, so a delayed message queues up behind what was published
@@ -309,7 +309,18 @@ class SqliteBroker(Broker):
         rows.sort(key=lambda r: (-r[3], r[6], r[7]))  # RETURNING has no order
         return [Delivery(*row[:6]) for row in rows]
 
+    @property
+    def sqlite_path(self) -> str:
+        """The file this broker keeps its tables in (a result backend on the same file can
+        have its writes applied with the acks)."""
+        return self._db.path
+
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return self.ack_storing(deliveries, {})
+
+    def ack_storing(
+        self, deliveries: Sequence[Delivery], writes: Mapping[str, object]
+    ) -> list[bool]:
         done: set[str] = set()
         with self._db.transaction() as conn:
             for chunk in _chunks(deliveries):
@@ -318,6 +329,11 @@ class SqliteBroker(Broker):
                     " RETURNING token"
                 )
                 done.update(row[0] for row in conn.execute(sql, [d.token for d in chunk]))
+            for token in done:
+                write = writes.get(token)
+                if write is not None:
+                    assert isinstance(write, RowWrite), "writes_for() of another broker"
+                    conn.execute(write.sql, write.params)
             # A token that holds nothing any more acknowledged its message earlier,
             # unless its lease was lost.
             lost = _lost(conn, [d.token for d in deliveries if d.token not in done])

@@ -18,6 +18,7 @@ redis-py's pool and back costs about as much as the command itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -249,14 +250,30 @@ class RedisConnection:
                 except ResponseError as exc:  # an answer: the connection is fine
                     error = error or exc
                     replies.append(exc)
-        except BaseException:
+        except BaseException as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]  # the next use reconnects
+            if isinstance(exc, TRANSIENT):
+                self._drop_idle()
             raise
         finally:
             self._idle.append(conn)
         if error is not None:
             raise error
         return replies
+
+    def _drop_idle(self) -> None:
+        """Disconnect every idle connection after one failed: when Redis restarted they
+        are all dead, and each would otherwise fail once more, one call after another
+        (every failure another retry, another outage to wait out before reclaiming).
+        redis-py's pool drops its idle connections too; those in use fail on their own."""
+        while True:
+            try:
+                idle = self._idle.pop()
+            except IndexError:
+                break
+            idle.disconnect()  # type: ignore[no-untyped-call]  # dropped: new ones are made
+        with contextlib.suppress(Exception):
+            self.client.connection_pool.disconnect(inuse_connections=False)
 
     def _checkout(self) -> ConnectionInterface:
         pid = os.getpid()

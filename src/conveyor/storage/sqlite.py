@@ -11,6 +11,7 @@ import urllib.parse
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from conveyor.config import redact_url
@@ -142,6 +143,16 @@ def _create_private(path: str) -> None:
     except OSError:
         return  # a missing directory, no permission: sqlite3.connect says so in its words
     os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """A statement the result backend prepared for the broker to run inside its ack's
+    transaction, when both keep their tables in one file: the ack and the result are
+    one commit, fenced alike (a stale delivery's ack runs nothing)."""
+
+    sql: str
+    params: tuple[object, ...]
 
 
 class Mark(NamedTuple):
