@@ -101,6 +101,17 @@ local function dead_index_remove(deadids_key, id, member)
     redis.call('HSET', deadids_key, id, table.concat(rest, ' '))
   end
 end
+-- Delete these members of a queue: from `zset_key` and their records, each record's id
+-- first given to `forget(id, member)` (its index entry).
+local function delete_members(zset_key, msg_key, members, forget)
+  local raws = hmget(msg_key, members)
+  for i, member in ipairs(members) do
+    local st = decode(raws[i])
+    if st then forget(st.id, member) end
+  end
+  chunked('HDEL', msg_key, members)
+  chunked('ZREM', zset_key, members)
+end
 -- Hand a record back to ready at its old place (release, requeue, lost lease).
 local function to_ready(ready_key, member, st)
   st.tok = false

@@ -28,13 +28,9 @@ if action == 'list' then
 end
 if action == 'purge' then
   local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-  local raws = hmget(KEYS[2], members)
-  for i, member in ipairs(members) do
-    local st = decode(raws[i])
-    if st then dead_index_remove(KEYS[5], st.id, member) end
-  end
-  chunked('HDEL', KEYS[2], members)
-  chunked('ZREM', KEYS[1], members)
+  delete_members(KEYS[1], KEYS[2], members, function(id, member)
+    dead_index_remove(KEYS[5], id, member)
+  end)
   return #members
 end
 -- by id: the oldest dead letter of this id, through the index (never a scan)

@@ -7,16 +7,8 @@ local batch = tonumber(ARGV[1])
 local count = 0
 for _, key in ipairs({KEYS[1], KEYS[2]}) do
   local members = redis.call('ZRANGE', key, 0, batch - count - 1)
-  if #members > 0 then
-    local raws = hmget(KEYS[3], members)
-    for i, member in ipairs(members) do
-      local st = decode(raws[i])
-      if st then unindex(KEYS[5], st.id, member) end
-    end
-    chunked('HDEL', KEYS[3], members)
-    chunked('ZREM', key, members)
-    count = count + #members
-  end
+  delete_members(key, KEYS[3], members, function(id, member) unindex(KEYS[5], id, member) end)
+  count = count + #members
   if count >= batch then break end
 end
 if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[4]) end

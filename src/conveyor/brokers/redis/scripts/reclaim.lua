@@ -48,12 +48,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', fmt(now - tonumber(ARGV[7])))
 redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(tonumber(ARGV[8]) + 1))
 -- dead letters past their expiry, then the oldest beyond the cap, a bounded batch a call
 local function drop(members)
-  for _, member in ipairs(members) do
-    local st = decode(redis.call('HGET', KEYS[3], member))
-    if st then dead_index_remove(KEYS[6], st.id, member) end
-    redis.call('HDEL', KEYS[3], member)
-    redis.call('ZREM', KEYS[5], member)
-  end
+  delete_members(KEYS[5], KEYS[3], members, function(id, member)
+    dead_index_remove(KEYS[6], id, member)
+  end)
 end
 drop(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', fmt(now - tonumber(ARGV[6])), 'LIMIT', 0, CHUNK))
 local over = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[5])
