@@ -8,13 +8,13 @@ import datetime as dt
 import sys
 import time
 import traceback as tb
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import orjson
 
-from conveyor import states
-from conveyor.backends.base import ResultBackend, StoredResult
+from conveyor import current, states
+from conveyor.backends.base import ResultBackend, ResultWrite, StoredResult
 from conveyor.exceptions import EncodeError, TaskError, TaskRevokedError, TimeoutError
 
 
@@ -153,6 +153,10 @@ class AsyncResult:
 
     #: The result of the step before this one in a chain (set by ``conveyor.canvas``).
     parent: AsyncResult | GroupResult | None = None
+    #: The children this process knows the task will have once it succeeded (their
+    #: ids were chosen when it was sent: set by ``conveyor.canvas``); ``children``
+    #: answers with them until the worker has recorded its own.
+    expected_children: Callable[[], list[AsyncResult | GroupResult]] | None = None
     #: ``time.monotonic()`` when this process sent the task, if it did.
     sent_at: float | None = None
 
@@ -226,6 +230,29 @@ class AsyncResult:
         """When the task finished (UTC), if it has."""
         value = self._meta().get("date_done")
         return dt.datetime.fromisoformat(value) if value else None
+
+    @property
+    def children(self) -> list[AsyncResult | GroupResult]:
+        """The results of the tasks sent once this one succeeded: its ``link``
+        callbacks' and its chain's next step's (a ``GroupResult`` for a group), in
+        that order; empty until it succeeded.
+
+        The worker records them with the task's result a moment after storing it
+        (once it has sent them); until then the handle that sent the task (or a
+        chain's) knows them already, since their ids were chosen at send time.
+        """
+        record = self._record()
+        if record is None or record.state != states.SUCCESS:
+            return []
+        trees = decode_payload(record.payload).get(CHILDREN)
+        if trees is None and self.backend is not None:
+            fresh = self.backend.get(self.id)  # the worker adds them after the result
+            if fresh is not None and fresh.state == states.SUCCESS:
+                self._cache = fresh
+                trees = decode_payload(fresh.payload).get(CHILDREN)
+        if trees is None:
+            return self.expected_children() if self.expected_children is not None else []
+        return [result_from_tree(tree, self.app, self.backend) for tree in trees]
 
     def ready(self) -> bool:
         """True once the task succeeded, failed or was revoked."""
@@ -345,19 +372,75 @@ def failure_of(payload: bytes | None) -> tuple[str, str]:
     return type_name, str(meta.get("exc_message") or "")
 
 
+#: The key of a stored payload that lists the task's children (result trees).
+CHILDREN = "children"
+
+
+def add_children(payload: bytes, children: list[AsyncResult | GroupResult]) -> bytes:
+    """A success payload with its task's ``children`` added (a list of result trees:
+    see ``result_tree``); readers that do not know the key ignore it."""
+    meta = decode_payload(payload)
+    meta[CHILDREN] = [result_tree(child) for child in children]
+    return orjson.dumps(meta)
+
+
+def result_tree(result: AsyncResult | GroupResult) -> dict[str, Any]:
+    """A result handle as JSON: ``{"id"}`` for a task's, ``{"id", "results": [...]}``
+    for a group's, each with its ``"parent"`` tree if it has one."""
+    tree: dict[str, Any] = {"id": result.id}
+    if isinstance(result, GroupResult):
+        tree["results"] = [result_tree(member) for member in result.results]
+    if result.parent is not None:
+        tree["parent"] = result_tree(result.parent)
+    return tree
+
+
+def result_from_tree(
+    tree: dict[str, Any], app: _HasBackend | None, backend: ResultBackend | None = None
+) -> AsyncResult | GroupResult:
+    """The result handle a ``result_tree`` describes, reading from ``app``'s backend
+    (or ``backend``)."""
+    result: AsyncResult | GroupResult
+    if "results" in tree:
+        members = [result_from_tree(member, app, backend) for member in tree["results"]]
+        result = GroupResult(str(tree["id"]), members, app=app)
+    else:
+        result = AsyncResult(str(tree["id"]), app, backend=backend)
+    if tree.get("parent") is not None:
+        result.parent = result_from_tree(tree["parent"], app, backend)
+    return result
+
+
+def group_record_key(group_id: str) -> str:
+    """Where ``GroupResult.save`` stores a group in the result backend: not under the
+    group id itself, so that ``AsyncResult(group_id)`` never reads it as a task's."""
+    return f"group:{group_id}"
+
+
 class GroupResult:
     """The results of a ``group``'s tasks (or a chord's header), in the group's order.
 
     ``results`` holds an ``AsyncResult`` per task (a chain's member: the result of
-    its last task; a nested group's: a ``GroupResult``).
+    its last task; a nested group's: a ``GroupResult``). ``save()`` stores which
+    tasks they are, so that ``GroupResult.restore(group_id)`` (or
+    ``app.GroupResult.restore(group_id)``) finds them again in another process.
     """
 
     #: The result of the step before the group in a chain, if any.
     parent: AsyncResult | GroupResult | None = None
+    #: The app whose backend ``save``/``restore`` use (``app.GroupResult`` sets it).
+    app: _HasBackend | None = None
 
-    def __init__(self, id: str, results: list[AsyncResult | GroupResult] | None = None):
+    def __init__(
+        self,
+        id: str,
+        results: list[AsyncResult | GroupResult] | None = None,
+        app: _HasBackend | None = None,
+    ):
         self.id = id
         self.results: list[AsyncResult | GroupResult] = list(results or [])
+        if app is not None:
+            self.app = app
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
@@ -444,6 +527,68 @@ class GroupResult:
         return values
 
     def forget(self) -> None:
-        """Delete every task's stored result."""
+        """Delete every task's stored result (and the group's, if saved)."""
         for result in self.results:
             result.forget()
+        if self.app is not None:
+            self.app.backend.forget(group_record_key(self.id))
+
+    def revoke(self, terminate: bool = False, **_ignored: Any) -> None:
+        """Revoke every task of the group (see ``AsyncResult.revoke``)."""
+        app = self._need_app()
+        app.revoke([leaf.id for leaf in _leaves(self)], terminate=terminate)
+
+    def save(self, backend: ResultBackend | None = None) -> GroupResult:
+        """Store the group (its id and its tasks' ids, not their values) in the result
+        backend for ``result_expires`` seconds, so that ``restore`` finds it; returns
+        itself."""
+        app = self._need_app()
+        conf = getattr(app, "conf", None)  # an app without settings: a day, the default
+        ttl = float(conf.result_expires) if conf is not None else 86400.0
+        payload = orjson.dumps({"group": result_tree(self)})
+        write = ResultWrite(group_record_key(self.id), states.SUCCESS, payload, ttl)
+        (backend or app.backend).store(write)
+        return self
+
+    def delete(self, backend: ResultBackend | None = None) -> None:
+        """Remove what ``save`` stored (the tasks' results stay)."""
+        (backend or self._need_app().backend).forget(group_record_key(self.id))
+
+    @classmethod
+    def restore(
+        cls, group_id: str, backend: ResultBackend | None = None, app: _HasBackend | None = None
+    ) -> GroupResult | None:
+        """The group ``save`` stored under ``group_id``, or None (never saved, or
+        expired). ``app`` defaults to the class's (``app.GroupResult.restore``), then
+        to the default app (see ``conveyor.current``)."""
+        app = app or cls.app or current.default_app()
+        if backend is None:
+            if app is None:
+                raise TypeError("GroupResult.restore() needs app= (or app.GroupResult.restore)")
+            backend = app.backend
+        record = backend.get(group_record_key(group_id))
+        if record is None:
+            return None
+        restored = result_from_tree(orjson.loads(record.payload)["group"], app, backend)
+        assert isinstance(restored, GroupResult)
+        return restored
+
+    def _need_app(self) -> _HasBackend:
+        app = self.app
+        if app is None:
+            for leaf in _leaves(self):
+                found = getattr(leaf, "app", None)  # an EagerResult has none
+                if found is not None:
+                    return found  # type: ignore[no-any-return]
+            app = current.default_app()
+        if app is None:
+            raise TypeError(f"{self!r} has no app: build it with app= (or app.GroupResult)")
+        return app
+
+
+def _leaves(result: AsyncResult | GroupResult) -> Iterator[AsyncResult]:
+    if isinstance(result, GroupResult):
+        for member in result.results:
+            yield from _leaves(member)
+    else:
+        yield result

@@ -12,14 +12,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from conveyor import states
 from conveyor.backends.base import ResultWrite
-from conveyor.canvas import Signature, eager_callbacks
+from conveyor.canvas import Signature, chunks, eager_callbacks, xmap, xstarmap
 from conveyor.config import parse_rate
 from conveyor.exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 from conveyor.message import is_datetime_time
@@ -538,6 +538,22 @@ class Task(Generic[P, R]):
         return Signature(self, args, kwargs, options, immutable=immutable)
 
     subtask = signature
+
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One task that calls this one on each item and returns the list of values:
+        ``add.map([1, 2])`` is ``[add(1), add(2)]``, run in a worker."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> xstarmap:
+        """``map`` with each item as the arguments: ``add.starmap([(1, 2), (3, 4)])``
+        is ``[add(1, 2), add(3, 4)]``, run in a worker."""
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> chunks:
+        """The items (argument tuples) in parts of ``n``, each part one ``starmap``
+        task, sent as a group: ``add.chunks(zip(range(100), range(100)), 10)()`` is a
+        ``GroupResult`` of ten lists."""
+        return chunks(self.s(), it, n, app=self.app)
 
 
 #: Headers of a unique task's message: its key, and when a worker frees it.

@@ -20,14 +20,19 @@ from conveyor import (
     Task,
     chain,
     chord,
+    chunks,
+    current,
     group,
     signature,
     states,
+    xmap,
+    xstarmap,
 )
+from conveyor.backends.base import ResultWrite
 from conveyor.canvas import CHAIN, CHORD, GROUP_ID, GROUP_INDEX, LINK, LINK_ERROR
 from conveyor.exceptions import ChordError, TimeoutError
 from conveyor.message import Message, decode
-from conveyor.result import AsyncResult, EagerResult
+from conveyor.result import AsyncResult, EagerResult, encode_success
 from conveyor.testing import start_worker
 
 
@@ -87,6 +92,28 @@ def app() -> Iterator[Conveyor]:
 @pytest.fixture
 def t(app: Conveyor) -> Tasks:
     return Tasks(app)
+
+
+@pytest.fixture
+def other_app(app: Conveyor) -> Iterator[Conveyor]:
+    """A second app, created after ``app``: the default one, unless one is set."""
+    other = Conveyor("other", broker=f"memory://unit-canvas-other-{uuid.uuid4().hex}")
+    yield other
+    other.close()
+
+
+@pytest.fixture
+def default_app() -> Iterator[Callable[[Conveyor], None]]:
+    """``default_app(app)`` makes ``app`` the default; it is unset after the test."""
+    yield Conveyor.set_default
+    current.set_default_app(None)
+
+
+def succeeded(app: Conveyor, *results: AsyncResult | GroupResult) -> None:
+    """Store a success for each task, as a worker that ran it would (without children)."""
+    for result in results:
+        payload = encode_success("unit", None)
+        app.backend.store(ResultWrite(result.id, states.SUCCESS, payload, 60))
 
 
 def take(app: Conveyor, queue: str = "celery") -> list[Message]:
@@ -153,17 +180,17 @@ def test_signature_by_name_with_args_kwargs_options_and_immutable(app: Conveyor)
     assert (sig.task, sig.args, sig.kwargs) == ("shop.tasks.charge", (1,), {"x": 2})
     assert sig.options == {"queue": "q"}
     assert sig.immutable is True
-    assert sig.app is None
+    assert sig.app is app  # no app of its own: the default one, the app created last
     # extra keyword arguments are options, as in Celery; app.signature binds the app
     assert app.signature("shop.tasks.charge", (1,), countdown=5).options == {"countdown": 5}
     assert app.signature("shop.tasks.charge").app is app
 
 
-def test_signature_of_a_task_object_and_of_a_dict(t: Tasks) -> None:
+def test_signature_of_a_task_object_and_of_a_dict(t: Tasks, other_app: Conveyor) -> None:
     assert signature(t.add, args=(1, 2)) == t.add.s(1, 2)
     roundtrip = signature(t.add.s(1, 2).set(queue="q").to_dict())
     assert roundtrip == t.add.s(1, 2).set(queue="q")
-    assert roundtrip.app is None  # a dict carries no app
+    assert roundtrip.app is other_app  # a dict carries no app: the default one (the last)
 
 
 def test_set_updates_options_and_returns_the_signature(t: Tasks) -> None:
@@ -174,9 +201,34 @@ def test_set_updates_options_and_returns_the_signature(t: Tasks) -> None:
     assert sig.immutable is True
 
 
-def test_a_signature_without_an_app_cannot_be_sent() -> None:
+def test_a_signature_without_an_app_cannot_be_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a process with no app at all
+    monkeypatch.setattr(current, "_chosen", None)
+    monkeypatch.setattr(current, "_latest", None)
+
+    # Then a signature built from a name alone has nothing to send with
     with pytest.raises(TypeError, match="has no app"):
         signature("shop.tasks.charge").delay()
+
+
+def test_a_name_only_signature_sends_with_the_default_app(
+    app: Conveyor, other_app: Conveyor, default_app: Callable[[Conveyor], None]
+) -> None:
+    # Given two apps, the second created last
+    sig = signature("shop.tasks.charge", args=(2, 2))
+
+    # Then a signature without one goes to the app created last
+    assert sig.app is other_app
+    sig.delay()
+    assert [m.task for m in take(other_app)] == ["shop.tasks.charge"]
+
+    # And once an app is set as the default, to that one, whatever was created later
+    default_app(app)
+    Conveyor("later", broker="memory://unit-canvas-later").close()
+    result = signature("shop.tasks.charge", args=(2, 2)).delay()
+    [msg] = take(app)
+    assert (msg.id, msg.task, msg.args) == (result.id, "shop.tasks.charge", [2, 2])
+    assert take(other_app) == []
 
 
 # --- partial arguments -------------------------------------------------------------------------
@@ -276,9 +328,25 @@ def test_chord_header_from_a_list_and_body_later(t: Tasks) -> None:
     assert len(made.tasks) == 2
 
 
-def test_a_group_cannot_be_linked(t: Tasks) -> None:
-    with pytest.raises(TypeError, match="chord"):
-        group(t.add.s(1, 1)).link(t.record.s())
+def test_group_link_links_the_first_task_with_an_immutable_copy(t: Tasks) -> None:
+    # as Celery's group.link: the callback cannot get every value, so it gets none
+    made = group(t.add.s(1, 1), t.add.s(2, 2))
+    callback = t.record.s("x")
+    made.link(callback)
+    assert made.tasks[0].options[LINK] == [t.record.si("x")]
+    assert LINK not in made.tasks[1].options
+    assert callback.immutable is False  # the caller's signature is left as it was
+    with pytest.raises(ValueError, match="no task"):
+        group().link(callback)
+
+
+def test_group_link_error_links_every_task(t: Tasks) -> None:
+    made = group(t.add.s(1, 1), chain(t.add.s(2, 2), t.add.s(3)))
+    made.link_error(t.on_error.s())
+    assert made.tasks[0].options[LINK_ERROR] == [t.on_error.s()]
+    nested = made.tasks[1]
+    assert isinstance(nested, chain)
+    assert all(task.options[LINK_ERROR] == [t.on_error.s()] for task in nested.tasks)
 
 
 def test_chain_link_goes_to_the_last_task_and_link_error_to_every_task(t: Tasks) -> None:
@@ -317,19 +385,20 @@ def test_link_and_link_error_travel_in_the_message_headers(app: Conveyor, t: Tas
     # When a task is sent with a callback and an error callback
     result = t.add.apply_async((1, 2), link=t.record.s("x"), link_error=[t.on_error.si()])
 
-    # Then its message carries them, as plain signature dicts
+    # Then its message carries them, as plain signature dicts, the callback with its
+    # task id chosen (it will be the task's child)
     [msg] = take(app)
     assert msg.id == result.id
-    assert msg.headers[LINK] == [t.record.s("x").to_dict()]
-    assert msg.headers[LINK_ERROR] == [t.on_error.si().to_dict()]
-    assert msg.headers[LINK][0] == {
+    [link] = msg.headers[LINK]
+    assert link == {
         "task": t.record.name,
         "args": ["x"],
         "kwargs": {},
-        "options": {},
+        "options": {"task_id": link["options"]["task_id"]},
         "subtask_type": None,
         "immutable": False,
     }
+    assert msg.headers[LINK_ERROR] == [t.on_error.si().to_dict()]
 
 
 def test_a_signature_s_own_links_travel_too(app: Conveyor, t: Tasks) -> None:
@@ -337,7 +406,12 @@ def test_a_signature_s_own_links_travel_too(app: Conveyor, t: Tasks) -> None:
     sig.link(t.record.s())
     sig.apply_async(link=t.record.si("also"))
     [msg] = take(app)
-    assert msg.headers[LINK] == [t.record.s().to_dict(), t.record.si("also").to_dict()]
+    sent = [signature(link) for link in msg.headers[LINK]]
+    assert [(s.task, s.args, s.immutable) for s in sent] == [
+        (t.record.name, (), False),
+        (t.record.name, ("also",), True),
+    ]
+    assert len({s.id for s in sent}) == 2
 
 
 def test_a_chain_sends_its_first_task_carrying_the_rest_with_their_ids(
@@ -435,9 +509,29 @@ def test_chord_with_given_header_ids_lists_them(app: Conveyor, t: Tasks) -> None
     assert messages[0].headers[CHORD]["ids"] == ["mine", messages[1].id]
 
 
-def test_chord_header_cannot_hold_a_group(t: Tasks) -> None:
-    with pytest.raises(TypeError, match="not a group"):
-        chord([group(t.add.s(1, 1)), t.add.s(1, 1)], t.total.s())()
+def test_a_group_in_a_chord_header_is_flattened_into_it(app: Conveyor, t: Tasks) -> None:
+    # When a chord's header holds a group and a task (and another's header is a group)
+    result = chord([group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(3, 3)], t.total.s())()
+    chord(group(t.add.s(4, 4), t.add.s(5, 5)), t.total.s())()
+
+    # Then each header task is counted on its own, in order
+    messages = take(app)
+    first, second = messages[:3], messages[3:]
+    chord_id = first[0].headers[CHORD]["id"]
+    assert [m.args for m in first] == [[1, 1], [2, 2], [3, 3]]
+    assert [m.id for m in first] == [f"{chord_id}-{i}" for i in range(3)]
+    assert all(m.headers[CHORD]["size"] == 3 for m in first)
+    assert [m.headers[GROUP_INDEX] for m in first] == [0, 1, 2]
+    assert [m.args for m in second] == [[4, 4], [5, 5]]
+    assert all(m.headers[CHORD]["size"] == 2 for m in second)
+    header = result.parent
+    assert isinstance(header, GroupResult)
+    assert [r.id for r in header.results] == [m.id for m in first]
+
+
+def test_a_chord_header_refuses_a_chain_that_ends_with_a_group(t: Tasks) -> None:
+    with pytest.raises(TypeError, match="ends with a group"):
+        chord([chain(t.add.s(1, 1), group(t.add.s(1))), t.add.s(1, 1)], t.total.s())()
 
 
 def test_times_in_options_travel_as_unix_seconds(app: Conveyor, t: Tasks) -> None:
@@ -467,6 +561,184 @@ def test_publishing_blocks_nest_and_an_exception_drops_the_inner_block(
         assert take(app) == []  # nothing is published before the outermost block ends
         assert len(outer) == 2
     assert [m.args for m in take(app)] == [[1, 1], [3, 3]]
+
+
+# --- map, starmap, chunks, nested groups --------------------------------------------------------
+
+
+def test_map_and_starmap_are_one_immutable_call_of_a_built_in_task(t: Tasks) -> None:
+    mapped = t.record.map([1, 2])
+    assert isinstance(mapped, xmap)
+    assert (mapped.task, mapped.subtask_type, mapped.immutable) == ("conveyor.map", "xmap", True)
+    assert mapped.kwargs == {"task": t.record.s(), "it": [1, 2]}
+    assert repr(mapped) == f"[{t.record.name}(x) for x in [1, 2]]"
+
+    starred = t.add.starmap(zip(range(3), range(3), strict=True))
+    assert isinstance(starred, xstarmap)
+    assert starred.task == "conveyor.starmap"
+    assert starred.kwargs["it"] == [(0, 0), (1, 1), (2, 2)]
+    # a dict (as in a message's headers) gives the same signature back
+    again = signature(starred.to_dict())
+    assert isinstance(again, xstarmap)
+    assert again.kwargs == {"task": t.add.s(), "it": [[0, 0], [1, 1], [2, 2]]}
+
+
+def test_a_map_is_one_message_of_the_built_in_task_routed_as_its_task(app: Conveyor) -> None:
+    @app.task(queue="math")
+    def square(x: int) -> int:
+        return x * x
+
+    # When the map of a task that goes to the queue "math" is sent
+    result = square.map([1, 2, 3]).apply_async()
+
+    # Then one message goes there, of the built-in task, with the task and the items
+    [msg] = take(app, "math")
+    assert (msg.id, msg.task, msg.args) == (result.id, "conveyor.map", [])
+    assert msg.kwargs == {"task": square.s().to_dict(), "it": [1, 2, 3]}
+    # And a queue given to the call wins
+    square.starmap([(2,)]).apply_async(queue="elsewhere")
+    assert [m.task for m in take(app, "elsewhere")] == ["conveyor.starmap"]
+
+
+def test_every_app_has_the_built_in_tasks_but_lists_only_its_own(app: Conveyor, t: Tasks) -> None:
+    for name in ("conveyor.map", "conveyor.starmap"):
+        assert name in app.tasks
+        assert app.tasks[name] is app.get_task(name) is app.tasks.get(name)
+        assert name not in list(app.tasks)
+    assert t.add.name in list(app.tasks)
+    assert app.tasks.get("no.such.task") is None
+
+
+def test_chunks_split_the_items_into_starmap_parts_sent_as_a_group(app: Conveyor, t: Tasks) -> None:
+    made = t.add.chunks(zip(range(10), range(10), strict=True), 3)
+    assert isinstance(made, chunks)
+
+    # .group() gives one starmap task per part of 3 (the last one shorter)
+    parts = made.group()
+    assert isinstance(parts, group)
+    assert all(isinstance(part, xstarmap) for part in parts.tasks)
+    assert [len(part.kwargs["it"]) for part in parts.tasks] == [3, 3, 3, 1]
+
+    # Calling it sends those four messages at once, and gives a GroupResult of them
+    result = made()
+    assert isinstance(result, GroupResult)
+    messages = take(app)
+    assert [m.task for m in messages] == ["conveyor.starmap"] * 4
+    assert [m.id for m in messages] == [r.id for r in result.results]
+    assert messages[-1].kwargs["it"] == [[9, 9]]
+    assert isinstance(signature(made.to_dict()), chunks)
+    with pytest.raises(ValueError, match="at least 1"):
+        t.add.chunks([(1, 1)], 0)
+
+
+def test_group_skew_gives_growing_countdowns(t: Tasks) -> None:
+    made = group(t.add.s(i, i) for i in range(5)).skew(start=1, stop=3)
+    assert [task.options["countdown"] for task in made.tasks] == [1.0, 2.0, 3.0, 3.0, 3.0]
+    halves = group(t.add.s(1, 1), t.add.s(2, 2)).skew(step=0.5)
+    assert [task.options["countdown"] for task in halves.tasks] == [1.0, 1.5]
+
+
+def test_a_group_inside_a_group_is_flattened_with_its_options(app: Conveyor, t: Tasks) -> None:
+    # When a group holding a group (with its own queue) and a task is sent
+    inner = group(t.add.s(1, 1), t.add.s(2, 2)).set(queue="inner")
+    result = group(inner, t.add.s(3, 3))()
+
+    # Then its result is flat, one result per task, and the inner tasks kept the queue
+    assert isinstance(result, GroupResult)
+    assert all(isinstance(r, AsyncResult) for r in result.results)
+    inside, outside = take(app, "inner"), take(app)
+    assert [m.args for m in inside + outside] == [[1, 1], [2, 2], [3, 3]]
+    assert [m.headers[GROUP_INDEX] for m in inside + outside] == [0, 1, 2]
+    assert {m.headers[GROUP_ID] for m in inside + outside} == {result.id}
+
+
+# --- children and saved group results -----------------------------------------------------------
+
+
+def test_sending_with_links_knows_the_task_s_children_before_it_runs(
+    app: Conveyor, t: Tasks
+) -> None:
+    # When a task is sent with two callbacks
+    result = t.add.apply_async((1, 1), link=[t.record.s(), t.add.s(5)])
+    [msg] = take(app)
+    link_ids = [signature(link).id for link in msg.headers[LINK]]
+
+    # Then it has no children until it succeeded
+    assert result.children == []
+    succeeded(app, result)
+    # And then the handle that sent it knows them: the callbacks, with the ids sent
+    assert [child.id for child in result.children] == link_ids
+    assert all(child.app is app for child in result.children)
+    # While another handle knows only what a worker recorded (nothing, here)
+    assert app.AsyncResult(result.id).children == []
+
+
+def test_freezing_chooses_the_ids_of_the_links_too(app: Conveyor, t: Tasks) -> None:
+    sig = t.add.s(1, 1)
+    sig.link(t.record.s())
+    result = sig.freeze()
+    [link] = sig.options[LINK]
+    assert isinstance(result, AsyncResult)
+    assert link.id is not None
+    succeeded(app, result)
+    assert [child.id for child in result.children] == [link.id]
+
+
+def test_each_result_of_a_chain_knows_the_next_step_as_its_child(app: Conveyor, t: Tasks) -> None:
+    last = chain(t.add.s(1, 1), t.add.s(2), group(t.add.s(3), t.add.s(4)))()
+    assert isinstance(last, GroupResult)
+    second = last.parent
+    assert isinstance(second, AsyncResult)
+    first = second.parent
+    assert isinstance(first, AsyncResult)
+    succeeded(app, first, second)
+    assert first.children == [second]
+    [group_child] = second.children
+    assert group_child == last
+
+
+def test_a_saved_group_result_is_restored_by_its_id(
+    app: Conveyor, t: Tasks, default_app: Callable[[Conveyor], None]
+) -> None:
+    # Given a group (one member a chain) whose result is saved
+    result = group(t.add.s(1, 1), chain(t.add.s(2, 2), t.add.s(3)))()
+    assert isinstance(result, GroupResult)
+    assert result.save() is result
+
+    # Then it is restored by id, its members' parents too, from the class or the app
+    restored = GroupResult.restore(result.id, app=app)
+    assert restored == result
+    assert restored is not None
+    sent_step, restored_step = result.results[1].parent, restored.results[1].parent
+    assert sent_step is not None
+    assert restored_step is not None
+    assert restored_step.id == sent_step.id
+    assert app.GroupResult.restore(result.id) == result
+    default_app(app)
+    assert GroupResult.restore(result.id) == result
+    # And the record is not a task's result under the group id
+    assert app.AsyncResult(result.id).state == states.PENDING
+    assert GroupResult.restore("no-such-group", app=app) is None
+    # And delete() removes it
+    restored.delete()
+    assert app.GroupResult.restore(result.id) is None
+    assert isinstance(app.GroupResult("g", []), GroupResult)
+
+
+def test_a_saved_group_result_lives_as_long_as_results(app: Conveyor, t: Tasks) -> None:
+    app.conf.result_expires = 1.0
+    result = group(t.add.s(1, 1))()
+    assert isinstance(result, GroupResult)
+    result.save()
+    assert app.GroupResult.restore(result.id) is not None
+    wait_for(lambda: app.GroupResult.restore(result.id) is None)
+
+
+def test_a_group_result_revokes_every_task(app: Conveyor, t: Tasks) -> None:
+    result = group(t.add.s(1, 1), chain(t.add.s(2, 2), t.add.s(3)))()
+    assert isinstance(result, GroupResult)
+    result.revoke()
+    assert [r.state for r in result.results] == [states.REVOKED, states.REVOKED]
 
 
 # --- eager mode ----------------------------------------------------------------------------------
@@ -518,6 +790,29 @@ def test_eager_chord_with_a_failure_calls_the_body_error_callback_once(
     [(_culprit, exc_type, message)] = t.events("on_error")
     assert (exc_type, message) == ("ValueError", "failed with 1")
     assert t.events("total") == []
+
+
+def test_eager_map_starmap_chunks_and_groups_inside_canvases(eager: Conveyor, t: Tasks) -> None:
+    assert ~t.total.map([[1, 2], range(10)]) == [3, 45]
+    assert t.add.starmap(zip(range(4), range(4), strict=True)).delay().get() == [0, 2, 4, 6]
+    assert t.add.chunks(zip(range(5), range(5), strict=True), 2)().get() == [[0, 2], [4, 6], [8]]
+    header = [group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(3, 3)]
+    assert chord(header, t.total.s())().get() == 12
+    assert (t.add.s(1, 1) | group(t.add.s(10), t.add.s(20)) | t.record.s())().get() == [12, 22]
+    linked = group(t.add.s(1, 1), t.add.s(2, 2))
+    linked.link(t.record.s("once"))
+    assert linked().get() == [2, 4]
+    assert t.events("record") == [([12, 22],), ("once",)]
+    assert take(eager) == []
+
+
+def test_eager_links_are_the_children_of_their_task(eager: Conveyor, t: Tasks) -> None:
+    result = t.add.apply_async((2, 2), link=t.add.s(16))
+    [child] = result.children
+    assert child.get() == 20
+    last = chain(t.add.s(1, 1), t.add.s(2))()
+    assert last.parent is not None
+    assert last.parent.children == [last]
 
 
 # --- with a worker (in this process) -----------------------------------------------------------
@@ -639,3 +934,23 @@ def test_bound_tasks_in_a_chain_see_their_parent(app: Conveyor) -> None:
     assert seen == {"parent_id": result.parent.id, "root_id": result.parent.id}
     assert AsyncResult(result.parent.id, app).get(timeout=1) == 1
     assert result.state == states.SUCCESS
+
+
+def test_a_worker_records_the_children_it_sent_with_the_task_s_result(
+    app: Conveyor, t: Tasks
+) -> None:
+    with start_worker(app, concurrency=2):
+        # When a task with a callback and a chain run
+        result = t.add.apply_async((2, 2), link=t.add.s(16))
+        assert result.get(timeout=5) == 4
+        last = chain(t.add.s(1, 1), t.add.s(2))()
+        assert last.get(timeout=5) == 4
+
+        # Then a handle made from the task's id alone reads its children back
+        fresh = app.AsyncResult(result.id)
+        [child] = wait_for(lambda: fresh.children)
+        assert child.id == result.children[0].id
+        assert child.get(timeout=5) == 20
+        assert fresh.get(timeout=1) == 4  # the value is still there
+        assert last.parent is not None
+        assert wait_for(lambda: app.AsyncResult(last.parent.id).children) == [last]
