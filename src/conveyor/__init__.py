@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from conveyor import states
 from conveyor.app import Celery, Conveyor
-from conveyor.canvas import Signature, chain, chord, group, signature
+from conveyor.canvas import (
+    Signature,
+    chain,
+    chord,
+    chunks,
+    group,
+    maybe_signature,
+    signature,
+    xmap,
+    xstarmap,
+)
 from conveyor.exceptions import (
     BrokerUnavailable,
     ConfigurationError,
@@ -20,6 +30,7 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
     TimeoutError,
 )
+from conveyor.queues import Queue
 from conveyor.result import AsyncResult, EagerResult, GroupResult
 from conveyor.task import Request, Task
 
@@ -38,6 +49,7 @@ __all__ = [
     "GroupResult",
     "MaxRetriesExceededError",
     "NotRegistered",
+    "Queue",
     "Request",
     "Retry",
     "Signature",
@@ -50,7 +62,11 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "chunks",
     "group",
+    "maybe_signature",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
 import importlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
-from conveyor import canvas, states
+from conveyor import canvas, current, states
 from conveyor import message as wire
 from conveyor.backends import connect_backend
 from conveyor.backends.base import ResultBackend, ResultWrite
@@ -20,8 +23,10 @@ from conveyor.brokers import connect_broker
 from conveyor.brokers.base import Broker, BrokerOptions, OutgoingMessage, check_priority
 from conveyor.config import Settings, import_object
 from conveyor.exceptions import ConfigurationError, NotRegistered, TaskRevokedError
-from conveyor.result import AsyncResult, encode_failure
+from conveyor.hooks import Hooks
+from conveyor.result import AsyncResult, GroupResult, encode_failure
 from conveyor.schedules import as_schedule
+from conveyor.signals import CelerySignals, Signal
 from conveyor.signing import sign
 from conveyor.task import Task, countdown_to_eta, expiry
 
@@ -58,6 +63,34 @@ _TASK_OPTIONS = frozenset(
 )
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The messages of one ``publishing()`` block: as sent to the broker, and as built."""
+
+    held: list[OutgoingMessage] = field(default_factory=list)
+    sent: list[wire.Message] = field(default_factory=list)
+
+
+class TaskRegistry(dict[str, Task[..., Any]]):
+    """An app's tasks by name (``app.tasks``): the ones registered with ``@app.task``.
+    The built-in tasks every app has (``conveyor.map``, ``conveyor.starmap``: see
+    ``conveyor.canvas.mapping``) are found by name too, but not listed with them."""
+
+    def __init__(self, builtins: Mapping[str, Task[..., Any]]):
+        super().__init__()
+        self.builtins = dict(builtins)
+
+    def __missing__(self, name: str) -> Task[..., Any]:
+        return self.builtins[name]
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self.builtins
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found = super().get(name)
+        return found if found is not None else self.builtins.get(name, default)
+
+
 class Conveyor:
     """A conveyor application: create one per project and decorate tasks with it.
 
@@ -89,13 +122,48 @@ class Conveyor:
         if include is not None:
             self.conf.include = tuple(include)
         self.conf.update(settings)
-        self.tasks: dict[str, Task[..., Any]] = {}
+        self.tasks = TaskRegistry(
+            {
+                name: Task(self, functools.partial(run, self), name=name)
+                for name, run in canvas.BUILTIN_TASKS.items()
+            }
+        )
+        #: What extends every process of this app: Celery's signals first (see
+        #: ``conveyor.hooks``); a worker adds its own around them.
+        self.hooks = Hooks([CelerySignals()])
+        #: Celery's app signals (sender: the app), sent once by ``finalize``.
+        self.on_configure = Signal("on_configure")
+        self.on_after_configure = Signal("on_after_configure", ("source",))
+        self.on_after_finalize = Signal("on_after_finalize")
+        self._finalized = False
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
+        current.app_created(self)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.main or '__main__'}>"
+
+    def set_default(self) -> None:
+        """Make this app the default one (as Celery's ``app.set_default()``): what a
+        signature built from a task's name alone (``signature("proj.tasks.add")``)
+        sends with, and where ``GroupResult.restore`` reads. Without a call, the
+        app created last in the process is the default."""
+        current.set_default_app(self)
+
+    def finalize(self) -> None:
+        """Send ``on_configure``, ``on_after_configure`` and ``on_after_finalize``, once:
+        the app's modules are imported and its configuration is read. The worker, beat
+        and the CLI call it as they start, and the first send does, so that receivers
+        (``add_periodic_task`` in ``on_after_configure``, as in Celery's guide) run
+        before anything reads the schedule or sends a task."""
+        with self._lock:
+            if self._finalized:
+                return
+            self._finalized = True
+        self.on_configure.send(self)
+        self.on_after_configure.send(self, source=self.conf)
+        self.on_after_finalize.send(self)
 
     # -- configuration --------------------------------------------------------------
 
@@ -305,7 +373,8 @@ class Conveyor:
     # -- routing and sending ------------------------------------------------------
 
     def route(self, name: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Routing options for a task from ``task_routes`` (dicts, globs, callables)."""
+        """Routing options for a task from ``task_routes``: dicts or ``(pattern, route)``
+        pairs (names, globs, ``re.compile`` patterns), and callables; the first match wins."""
         routes = self.conf.task_routes
         if routes is None:
             return {}
@@ -313,10 +382,14 @@ class Conveyor:
             if callable(router):
                 found = router(name, args, kwargs, {})
                 if found:
-                    return dict(found) if not isinstance(found, str) else {"queue": found}
+                    return dict(found) if isinstance(found, Mapping) else {"queue": found}
                 continue
-            for pattern, target in router.items():
-                if pattern == name or fnmatch.fnmatchcase(name, pattern):
+            for pattern, target in router.items() if isinstance(router, Mapping) else router:
+                if isinstance(pattern, re.Pattern):
+                    matched = pattern.match(name) is not None
+                else:
+                    matched = pattern == name or fnmatch.fnmatchcase(name, pattern)
+                if matched:
                     return dict(target) if isinstance(target, Mapping) else {"queue": target}
         return {}
 
@@ -345,14 +418,21 @@ class Conveyor:
                 nothing is published.
             ValueError: priority outside 0-9, or a ``countdown``, ``eta`` or ``expires``
                 that gives no time a datetime can hold (the message names the option).
+            ConfigurationError: the queue is not in ``task_queues`` while
+                ``task_create_missing_queues`` is False, or a ``routing_key`` reaches
+                no declared queue, or several.
         """
-        headers = canvas.headers_from_options(headers, options)  # link, link_error, ...
+        if not self._finalized:
+            self.finalize()
+        # Celery's routing_key and exchange find a queue of task_queues (conveyor.queues)
+        explicit = {k: options.pop(k, None) for k in ("routing_key", "exchange")}
+        headers = canvas.headers_from_options(headers, options, self)  # link, link_error...
         if options:
             raise TypeError(f"unexpected option(s) for {name}: {sorted(options)}")
         args = list(args or ())
         kwargs = dict(kwargs or {})
         route = self.route(name, args, kwargs)
-        queue = queue or route.get("queue") or self.conf.task_default_queue
+        queue = self.conf.declared_queues().destination({**explicit, "queue": queue}, route)
         if priority is None:
             priority = route.get("priority", self.conf.task_default_priority)
         check_priority(priority)
@@ -373,15 +453,31 @@ class Conveyor:
             ignore_result=bool(ignore_result),
             headers=dict(headers or {}),
         )
+        self.hooks.before_publish(self, msg)  # may add headers: encoded after
         body = sign(wire.encode(msg), self.conf.message_signing_keys)
-        self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta))
+        self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta), msg)
         result = AsyncResult(task_id, self)
         result.sent_at = time.monotonic()
+        if canvas.LINK in msg.headers or canvas.CHAIN in msg.headers:
+            # their ids were chosen above: the children are known before the task runs
+            result.expected_children = functools.partial(canvas.sent_children, msg.headers, self)
         return result
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on a task's result by id."""
         return AsyncResult(task_id, self)
+
+    @functools.cached_property
+    def GroupResult(self) -> type[GroupResult]:
+        """Celery's ``app.GroupResult``: the class on this app, so that
+        ``app.GroupResult.restore(group_id)`` reads this app's backend."""
+
+        class BoundGroupResult(GroupResult):
+            __doc__ = GroupResult.__doc__
+
+        BoundGroupResult.app = self
+        BoundGroupResult.__name__ = BoundGroupResult.__qualname__ = "GroupResult"
+        return BoundGroupResult
 
     # -- canvas: signatures and batched publishing --------------------------------
 
@@ -407,29 +503,32 @@ class Conveyor:
         an exception drops its own. Groups and chords send their tasks so; the list
         yielded is what the block holds (to publish again if publishing failed).
         """
-        stacks: dict[int, list[list[OutgoingMessage]]] = self._batches.__dict__.setdefault(
-            "stacks", {}
-        )
+        stacks: dict[int, list[_Batch]] = self._batches.__dict__.setdefault("stacks", {})
         stack = stacks.setdefault(id(self), [])
-        held: list[OutgoingMessage] = []
-        stack.append(held)
+        batch = _Batch()
+        stack.append(batch)
         try:
-            yield held
+            yield batch.held
         finally:
             stack.pop()
             if not stack:
                 del stacks[id(self)]
         if stack:
-            stack[-1].extend(held)
-        elif held:
-            self.broker.publish_many(held)
+            stack[-1].held.extend(batch.held)
+            stack[-1].sent.extend(batch.sent)
+        elif batch.held:
+            self.broker.publish_many(batch.held)
+            for sent in batch.sent:
+                self.hooks.after_publish(self, sent)
 
-    def _publish(self, message: OutgoingMessage) -> None:
+    def _publish(self, message: OutgoingMessage, sent: wire.Message) -> None:
         stack = getattr(self._batches, "stacks", {}).get(id(self))
         if stack:
-            stack[-1].append(message)
+            stack[-1].held.append(message)
+            stack[-1].sent.append(sent)
         else:
             self.broker.publish(message)
+            self.hooks.after_publish(self, sent)
 
     def revoke(self, task_ids: str | list[str], *, terminate: bool = False) -> None:
         """Never run these tasks, on any worker, also after workers restart: the revoke

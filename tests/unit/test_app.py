@@ -109,6 +109,7 @@ def test_the_public_api_is_exactly_this() -> None:
         "GroupResult",
         "MaxRetriesExceededError",
         "NotRegistered",
+        "Queue",
         "Request",
         "Retry",
         "Signature",
@@ -121,9 +122,13 @@ def test_the_public_api_is_exactly_this() -> None:
         "__version__",
         "chain",
         "chord",
+        "chunks",
         "group",
+        "maybe_signature",
         "signature",
         "states",
+        "xmap",
+        "xstarmap",
     ]
     for name in conveyor.__all__:
         assert hasattr(conveyor, name), name

@@ -1,4 +1,4 @@
-"""``conveyor.signals.SignalRelay``: signal handling that cannot deadlock its process."""
+"""``conveyor.relay.SignalRelay``: signal handling that cannot deadlock its process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 CHILD = textwrap.dedent(
     """
     import logging, os, signal, sys, threading, time
-    from conveyor.signals import SignalRelay
+    from conveyor.relay import SignalRelay
 
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     log = logging.getLogger("child")

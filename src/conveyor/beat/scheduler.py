@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 from conveyor.beat.entries import Entry, entries_of
 from conveyor.exceptions import BrokerError, ConfigurationError
 from conveyor.schedules import Schedule
+from conveyor.signals import beat_init
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
@@ -136,6 +137,7 @@ class Beat:
         clock: Callable[[], float] = time.time,
     ):
         self.app = app
+        app.finalize()  # on_after_configure receivers may add entries (add_periodic_task)
         self.owner = f"{hostname or default_hostname()}/{os.getpid()}"
         self.max_interval = (
             app.conf.beat_max_loop_interval if max_interval is None else max_interval
@@ -160,6 +162,7 @@ class Beat:
     def run(self) -> None:
         """Send due slots until ``stop()``; survives broker outages and its own errors."""
         n = len(self.entries)
+        beat_init.send(self)
         logger.info("beat %s started with %d entr%s", self.owner, n, "y" if n == 1 else "ies")
         while not self._stop.is_set():
             try:

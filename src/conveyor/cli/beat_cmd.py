@@ -16,7 +16,7 @@ from conveyor.beat.scheduler import default_hostname
 from conveyor.brokers.base import safe_url
 from conveyor.cli import _AppRef, cli
 from conveyor.cli.common import hostname_option, load_app, logging_options
-from conveyor.signals import SignalRelay
+from conveyor.relay import SignalRelay
 from conveyor.worker.logs import as_record_line
 
 logger = logging.getLogger("conveyor.beat")

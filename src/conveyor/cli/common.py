@@ -3,11 +3,13 @@ loading the app with logging set up, and ``-n`` with ``%h``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from conveyor import signals
 from conveyor.worker.logs import FORMATS, LEVELS, setup_logging
 
 if TYPE_CHECKING:
@@ -36,8 +38,27 @@ def load_app(ref: _AppRef, loglevel: str, log_format: str | None) -> tuple[Any, 
     app = ref.load()
     app.import_modules()
     log_format = log_format or app.conf.worker_log_format
-    if log_format != "text":
-        setup_logging(loglevel, log_format)
+    if signals.setup_logging.has_receivers():
+        # Celery's rule: a receiver of setup_logging configures logging itself.
+        signals.setup_logging.send(
+            None, loglevel=loglevel.upper(), logfile=None, format=log_format, colorize=False
+        )
+    else:
+        if log_format != "text":
+            setup_logging(loglevel, log_format)
+        for signal, name in (
+            (signals.after_setup_logger, ""),
+            (signals.after_setup_task_logger, "conveyor.task"),
+        ):
+            signal.send(
+                None,
+                logger=logging.getLogger(name),
+                loglevel=loglevel.upper(),
+                logfile=None,
+                format=log_format,
+                colorize=False,
+            )
+    app.finalize()
     return app, log_format
 
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from conveyor import Conveyor, __version__
+from conveyor import Conveyor, __version__, signals
 from conveyor.beat import Beat
 from conveyor.cli import _AppRef, beat_cmd, cli
 from conveyor.cli.common import hostname_option, load_app, logging_options
@@ -43,7 +43,11 @@ def check_broker(app: Conveyor) -> list[str]:
     help="How tasks run: prefork (processes), threads, solo (in the worker's thread), "
     "asyncio (async def tasks on one event loop, sync ones in threads) [prefork].",
 )
-@click.option("-Q", "--queues", help="Comma-separated queues to consume [task_default_queue].")
+@click.option(
+    "-Q",
+    "--queues",
+    help="Comma-separated queues to consume [every queue of task_queues, else task_default_queue].",
+)
 @click.option(
     "--prefetch-multiplier",
     type=click.IntRange(min=1),
@@ -95,8 +99,13 @@ def worker(
     app, log_format = load_app(ref, loglevel, log_format)
     conf = app.conf
     host = hostname_option(hostname, default_hostname())
+    requested = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    try:
+        consumed = conf.declared_queues().consumed(requested)  # without -Q: task_queues
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-Q' / '--queues'") from None
     options = WorkerOptions(
-        queues=[q.strip() for q in (queues or conf.task_default_queue).split(",") if q.strip()],
+        queues=consumed,
         concurrency=concurrency or conf.worker_concurrency or os.cpu_count() or 1,
         pool=pool or conf.worker_pool,
         prefetch_multiplier=prefetch_multiplier or conf.worker_prefetch_multiplier,
@@ -123,6 +132,8 @@ def worker(
         logger.warning("setting %s has no effect in conveyor: %s", name, reason)
     scheduler = Beat(app, hostname=host) if with_beat else None
     runner = Worker(app, options, services=[scheduler] if scheduler else [])
+    signals.celeryd_init.send(host, instance=runner, conf=conf, options=options)
+    signals.celeryd_after_setup.send(host, instance=runner, conf=conf)
     extra = [f"  beat:     {beat_cmd.summary(scheduler)}"] if scheduler else []
     warnings = check_broker(app)
     text = banner(app, options, runner.hostname, __version__, extra)

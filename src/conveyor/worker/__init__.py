@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from conveyor.worker.consumer import Service, Worker, WorkerOptions, default_hostname
+from conveyor.worker.worker import Service, Worker, WorkerOptions, default_hostname
 
 __all__ = ["Service", "Worker", "WorkerOptions", "default_hostname"]

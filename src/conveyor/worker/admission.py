@@ -1,7 +1,7 @@
-"""What a fetched message must pass before it may run: revokes, global rate limits,
-global concurrency caps, and unique-task claims. All of it lives in the broker's
-coordination store (see ``Broker.revoke`` and below), so it holds across every worker
-of the cluster, not per worker as in Celery.
+"""What a fetched message must pass before it may run: expiry, revokes, global rate
+limits, global concurrency caps, and unique-task claims; a hook (``conveyor.hooks``).
+All of it lives in the broker's coordination store (see ``Broker.revoke`` and below),
+so it holds across every worker of the cluster, not per worker as in Celery.
 
 A message that may not run yet is put back in the broker's delayed store with
 ``Broker.retry`` (same body, delivery count reset): it waits there, not in a slot.
@@ -13,11 +13,14 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
+from conveyor import states
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.config import parse_rate
+from conveyor.hooks import Hook, Verdict
 from conveyor.task import UNIQUE_KEY, UNIQUE_UNTIL, Task, unique_claim_key
+from conveyor.worker.job import LOST, Job, Outcome
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -30,39 +33,28 @@ def concurrency_key(task_name: str) -> str:
     return f"concurrency:{task_name}"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Whether a message may run now; if not, when to look again (UNIX time)."""
-
-    run: bool
-    retry_at: float = 0.0
-    why: str = ""
-
-
-RUN = Verdict(True)
-
-
-class Admission:
-    """Checks one fetched message against its task's cluster-wide limits."""
+class Admission(Hook):
+    """The worker's first hook: checks each fetched job against what its task may do
+    now, cluster-wide, and gives back what it took once the job is finished."""
 
     def __init__(self, broker: Broker, default_rate: str | float | None, slot_ttl: float):
         self.broker = broker
         self.default_rate = default_rate
         self.slot_ttl = slot_ttl
 
-    def revoked(self, deliveries: Sequence[Delivery]) -> dict[str, bool]:
-        """The revoked ones among a fetched batch, id -> terminate: from the fetch itself
-        where the broker looked them up (Redis), else in one round trip."""
-        if all(d.revoked is not None for d in deliveries):  # looked up by the fetch
-            return {d.id: False for d in deliveries if d.revoked}
-        return self.broker.revoked([d.id for d in deliveries]) if deliveries else {}
-
-    def admit(self, task: Task[..., object], delivery: Delivery) -> Verdict:
-        """Take the message's rate permit and concurrency slot, or say when to retry.
+    def admit(self, job: Job, task: Task[..., Any]) -> Verdict | None:
+        """Expired or revoked: refused; else take the message's rate permit and
+        concurrency slot, or say when to look again.
 
         A slot taken here is the delivery's (its holder is the delivery token) until
         ``finished`` gives it back, or until it expires if this worker dies.
         """
+        expires = job.message.expires
+        if expires is not None and time.time() > expires:
+            return Verdict("expired", expired=True)
+        if job.revoked:
+            return Verdict("revoked")
+        delivery = job.delivery
         rate = task.rate_limit if task.rate_limit is not None else self.default_rate
         if rate is not None:
             limit, period = parse_rate(rate)
@@ -74,22 +66,37 @@ class Admission:
                 # Spread the waiting messages over one interval: they do not all come
                 # back at the instant the next permit frees up.
                 spread = random.uniform(0.0, period / limit)
-                return Verdict(False, time.time() + wait + spread, f"rate limit {rate}")
+                return Verdict(f"rate limit {rate}", retry_at=time.time() + wait + spread)
         cap = task.concurrency_limit
         if cap is not None and not self.broker.slot_acquire(
             concurrency_key(task.name), cap, delivery.token, self.slot_ttl
         ):
             return Verdict(
-                False, time.time() + random.uniform(0.2, 0.6), f"concurrency limit {cap}"
+                f"concurrency limit {cap}", retry_at=time.time() + random.uniform(0.2, 0.6)
             )
-        return RUN
+        return None
 
-    def finished(self, task: Task[..., object] | None, delivery: Delivery) -> None:
+    def received(self, job: Job, task: Task[..., Any]) -> None:
+        self.release_unique(job.message.headers, job.message.id, "started")
+
+    def revoked(self, job: Job, task: Task[..., Any], *, expired: bool, terminated: bool) -> None:
+        if not terminated:  # refused before it ran: nothing else will free its key
+            self.release_unique(job.message.headers, job.message.id, "started")
+            self.release_unique(job.message.headers, job.message.id, "finished")
+
+    def finished(self, job: Job, task: Task[..., Any] | None, outcome: Outcome | None) -> None:
+        """Give back the job's concurrency slot; free its unique key once it has ended
+        for good (not when it retries, nor when it is lost and may run again)."""
+        self._release_slot(task, job.delivery)
+        if outcome is not None and outcome.state not in (LOST, states.RETRY):
+            self.release_unique(job.message.headers, job.message.id, "finished")
+
+    def _release_slot(self, task: Task[..., Any] | None, delivery: Delivery) -> None:
         """Give back what ``admit`` took for this delivery (its concurrency slot)."""
         if task is not None and task.concurrency_limit is not None:
             self.broker.slot_release(concurrency_key(task.name), delivery.token)
 
-    def renew(self, held: Sequence[tuple[Task[..., object], Delivery]]) -> None:
+    def renew(self, held: Sequence[tuple[Task[..., Any], Delivery]]) -> None:
         """Keep the concurrency slots of running deliveries (called with the leases)."""
         by_key: dict[str, list[str]] = {}
         for task, delivery in held:

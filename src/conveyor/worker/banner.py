@@ -9,7 +9,7 @@ from conveyor.brokers.base import safe_url
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
-    from conveyor.worker.consumer import WorkerOptions
+    from conveyor.worker.worker import WorkerOptions
 
 _WARNINGS = {
     "sqlite": "embedded SQLite: for one machine; use Redis to run workers on several",

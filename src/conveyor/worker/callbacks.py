@@ -5,7 +5,8 @@ are stored. For each job whose message carries canvas headers (see
 ``conveyor.canvas``) it sends, all in one ``publish_many``:
 
 * on SUCCESS: the ``link`` signatures and the next step of a ``chain``, each with
-  the return value as first argument; for a chord's header task, its id counted in
+  the return value as first argument (their result handles are then stored in the
+  task's result as its ``children``); for a chord's header task, its id counted in
   ``broker.tally("chord:<id>")`` (a set: a header task that ran twice, or a call
   retried after a lost reply, counts once), and once the tally reaches the header's
   size, the body with every header result, read from the result backend in header
@@ -25,14 +26,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import canvas, states
 from conveyor.backends.base import ResultWrite
 from conveyor.brokers.base import OutgoingMessage
 from conveyor.exceptions import ChordError
-from conveyor.result import encode_failure, failure_of, payload_value
+from conveyor.hooks import Hook
+from conveyor.result import add_children, encode_failure, failure_of, payload_value
 from conveyor.worker.job import Job, Outcome
 
 if TYPE_CHECKING:
@@ -46,8 +48,9 @@ PUBLISH_RETRY_DELAYS = (0.5, 1.0, 2.0)
 _CHORD_ERROR_TYPE = f"{ChordError.__module__}.{ChordError.__qualname__}"
 
 
-class Callbacks:
-    """Sends the signatures a settled job's message links to (see ``conveyor.canvas``)."""
+class Callbacks(Hook):
+    """Sends the signatures a settled job's message links to (see ``conveyor.canvas``):
+    the worker's last hook."""
 
     def __init__(self, app: Conveyor, hostname: str):
         self.app = app
@@ -60,6 +63,9 @@ class Callbacks:
     def ttl(self) -> float:
         """How long chord counters and the results written here live: ``result_expires``."""
         return float(self.app.conf.result_expires)
+
+    def settled(self, batch: Sequence[tuple[Job, Outcome]]) -> None:
+        self.after_settled(list(batch))
 
     def after_settled(self, settled: list[tuple[Job, Outcome]]) -> None:
         """Called by the consumer's settler thread once the jobs' acks and results are
@@ -123,11 +129,18 @@ class Callbacks:
         info = headers.get(canvas.CHORD)
         if outcome.state == states.SUCCESS:
             value = payload_value(outcome.payload)
-            for link in headers.get(canvas.LINK) or ():
+            sent = [
                 self._send(link, (value,), follow, writes, job)
+                for link in headers.get(canvas.LINK) or ()
+            ]
             steps = headers.get(canvas.CHAIN)
             if steps:
-                self._send(canvas.next_step(steps, self.app), (value,), follow, writes, job)
+                step = canvas.next_step(steps, self.app)
+                sent.append(self._send(step, (value,), follow, writes, job))
+            children = [result for result in sent if result is not None]
+            if children and outcome.payload is not None:
+                payload = add_children(outcome.payload, children)
+                writes.append(ResultWrite(msg.id, states.SUCCESS, payload, self.ttl))
             if isinstance(info, Mapping):
                 self._chord_part_succeeded(info, follow, writes, job)
             return
@@ -148,16 +161,19 @@ class Callbacks:
         options: dict[str, Any],
         writes: list[ResultWrite],
         job: Job,
-    ) -> None:
-        """Send one signature (from headers); if it cannot be sent (its arguments do
-        not fit, a value is not JSON, its task is unknown here and has no route),
-        store that error as the result of each of its tasks."""
+    ) -> canvas.Result | None:
+        """Send one signature (from headers) and return its result handle; if it cannot
+        be sent (its arguments do not fit, a value is not JSON, its task is unknown
+        here and has no route), store that error as the result of each of its tasks."""
         sig = canvas.signature(entry, app=self.app)  # a copy, bound to this app
+        result = None
         try:
+            result = sig.freeze()  # the ids the sender chose, or new ones
             sig.apply_async(args, **options)
         except (TypeError, ValueError, LookupError) as exc:
             logger.error("%s: could not send %r: %s", job.label, sig, exc)
             self._store_failure(sig, exc, writes)
+        return result
 
     def _store_failure(
         self, sig: canvas.Signature, exc: Exception, writes: list[ResultWrite]

@@ -33,6 +33,7 @@ from conveyor.exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from conveyor.hooks import Hook, Hooks
 from conveyor.message import Message, encode
 from conveyor.result import encode_failure, encode_state, encode_success
 from conveyor.signing import sign
@@ -74,11 +75,57 @@ class Job:
     #: Its outcome is being settled (acked): a lease renewal that finds the delivery
     #: gone then is the ack's doing, not a lost lease.
     settling: bool = False
+    #: Its id was revoked when it was fetched (the admission hook refuses it).
+    revoked: bool = False
+    #: The worker that runs it (``self.request.hostname``).
+    hostname: str = ""
     received_at: float = field(default_factory=time.monotonic)
 
     @property
     def label(self) -> str:
         return f"{self.message.task}[{self.message.id}]"
+
+    @classmethod
+    def for_task(
+        cls, delivery: Delivery, message: Message, task: Task[..., Any], conf: Any, hostname: str
+    ) -> Job:
+        """The job of a fetched message: the task's options, else the app's settings."""
+        return cls(
+            delivery,
+            message,
+            acks_late=conf.task_acks_late if task.acks_late is None else task.acks_late,
+            store_result=not (message.ignore_result or bool(task.ignore_result)),
+            track_started=(
+                conf.task_track_started if task.track_started is None else task.track_started
+            ),
+            soft_time_limit=(
+                conf.task_soft_time_limit if task.soft_time_limit is None else task.soft_time_limit
+            ),
+            time_limit=conf.task_time_limit if task.time_limit is None else task.time_limit,
+            dead_letter_on_failure=task.dead_letter_on_failure,
+            hostname=hostname,
+        )
+
+    def request(self) -> Request:
+        """The task's ``self.request`` for this job."""
+        msg = self.message
+        return Request(
+            id=msg.id,
+            task=msg.task,
+            args=msg.args,
+            kwargs=msg.kwargs,
+            retries=msg.retries,
+            delivery_count=self.delivery.deliveries,
+            queue=msg.queue,
+            priority=msg.priority,
+            hostname=self.hostname,
+            eta=from_timestamp(msg.eta),
+            expires=from_timestamp(msg.expires),
+            parent_id=msg.parent_id,
+            root_id=msg.root_id,
+            headers=msg.headers,
+            ignore_result=not self.store_result,
+        )
 
 
 @dataclass(slots=True)
@@ -99,42 +146,54 @@ class Outcome:
 INTERRUPTS = (SoftTimeLimitExceeded, TimeLimitExceeded, TaskRevokedError)
 
 
-def execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
-    """Run the job's task and encode what happened; raises nothing but a late
-    ``INTERRUPTS`` (see the module docstring).
+_NO_HOOKS = Hooks()
+
+
+def execute(app: Conveyor, job: Job, hostname: str, hooks: Hooks = _NO_HOOKS) -> Outcome:
+    """Run the job's task between the hooks' ``before_run`` and ``after_run``, and
+    encode what happened; raises nothing but a late ``INTERRUPTS`` (see the module
+    docstring).
 
     An async task runs on this thread's own event loop (see ``Task.__call__``).
     """
     try:
-        return _execute(app, job, hostname)
+        return _execute(app, job, hostname, hooks)
     except INTERRUPTS:
         raise
     except BaseException as exc:
         return crashed(job, exc, hostname)
 
 
-def _execute(app: Conveyor, job: Job, hostname: str) -> Outcome:
+def _execute(app: Conveyor, job: Job, hostname: str, hooks: Hooks) -> Outcome:
     run = _Run.begin(app, job, hostname)
+    value: Any = None
+    error: BaseException | None = None
     with request_context(run.request):
+        hooks.before_run(job, run.task, run.request)
         try:
             # time limits may raise their exceptions only inside this block
             with interruptible(job):
-                value: Any = run.task(*job.message.args, **job.message.kwargs)
+                value = run.task(*job.message.args, **job.message.kwargs)
         except Exception as exc:
-            return run.raised(exc)
+            error, outcome = exc, run.raised(exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt... of the task's own
-            return run.failed(exc)
-    return run.succeeded(value)
+            error, outcome = exc, run.failed(exc)
+        else:
+            outcome = run.succeeded(value)
+        hooks.after_run(job, run.task, run.request, outcome, value, error)
+    return outcome
 
 
-async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
+async def execute_async(
+    app: Conveyor, job: Job, hostname: str, hooks: Hooks = _NO_HOOKS
+) -> Outcome:
     """``execute``, awaiting the task on the running event loop instead of blocking
     this thread (for the asyncio pool, which runs many such jobs on one loop).
 
     Raises nothing but the CancelledError of this job's own cancellation (its pool
     stopping, a terminate, its hard time limit)."""
     try:
-        return await _execute_async(app, job, hostname)
+        return await _execute_async(app, job, hostname, hooks)
     except asyncio.CancelledError as exc:
         if being_cancelled():
             raise
@@ -143,27 +202,36 @@ async def execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
         return crashed(job, exc, hostname)
 
 
-async def _execute_async(app: Conveyor, job: Job, hostname: str) -> Outcome:
+async def _execute_async(app: Conveyor, job: Job, hostname: str, hooks: Hooks) -> Outcome:
     run = _Run.begin(app, job, hostname)
+    value: Any = None
+    error: BaseException | None = None
     with request_context(run.request):
+        hooks.before_run(job, run.task, run.request)
         soft = asyncio.timeout(job.soft_time_limit)
         try:
             async with soft:
-                value: Any = await run.task.acall(*job.message.args, **job.message.kwargs)
+                value = await run.task.acall(*job.message.args, **job.message.kwargs)
         except TimeoutError as exc:
+            error = exc
             if soft.expired():
                 limit = SoftTimeLimitExceeded(f"soft time limit of {job.soft_time_limit} s")
-                return run.failed(limit.with_traceback(exc.__traceback__))
-            return run.raised(exc)
+                error = limit.with_traceback(exc.__traceback__)
+                outcome = run.failed(error)
+            else:
+                outcome = run.raised(exc)
         except Exception as exc:
-            return run.raised(exc)
+            error, outcome = exc, run.raised(exc)
         except asyncio.CancelledError as exc:
             if being_cancelled():
                 raise  # this job is being cancelled (the pool is stopping)
-            return run.failed(exc)  # the task's own, or of something it awaited
+            error, outcome = exc, run.failed(exc)  # the task's own, or of something it awaited
         except BaseException as exc:
-            return run.failed(exc)
-    return run.succeeded(value)
+            error, outcome = exc, run.failed(exc)
+        else:
+            outcome = run.succeeded(value)
+        hooks.after_run(job, run.task, run.request, outcome, value, error)
+    return outcome
 
 
 def being_cancelled() -> bool:
@@ -193,26 +261,58 @@ def crashed(job: Job, exc: BaseException, hostname: str = "") -> Outcome:
     return Outcome(state, payload, 0.0, summary)
 
 
+class TrackStarted(Hook):
+    """Stores the STARTED state as a task that tracks it begins (``track_started``)."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+
+    def before_run(self, job: Job, task: Task[..., Any], request: Request) -> None:
+        if not (job.track_started and job.store_result):
+            return
+        msg = job.message
+        write = ResultWrite(
+            msg.id,
+            states.STARTED,
+            encode_state(msg.task, states.STARTED, worker=job.hostname),
+            self.app.conf.result_expires,
+        )
+        try:
+            self.app.backend.store(write)
+        except Exception as exc:  # a hint for watchers, not a reason to fail the task
+            logger.warning("%s: could not record STARTED: %s", job.label, exc)
+
+
 class JobRunner:
-    """What a worker hands its pool as ``execute``: runs jobs of ``app`` as ``hostname``.
+    """What a worker hands its pool as ``execute``: runs jobs of ``app`` as ``hostname``,
+    with the hooks of the process that runs tasks (``app.hooks``, after the worker's own).
 
     Calling it runs any job to the end in the calling thread; a pool with an event
     loop asks ``is_async`` and awaits ``execute_async`` for coroutine tasks instead.
     """
 
-    def __init__(self, app: Conveyor, hostname: str):
+    def __init__(self, app: Conveyor, hostname: str, hooks: Hooks | None = None):
         self.app = app
         self.hostname = hostname
+        self.hooks = hooks if hooks is not None else Hooks([TrackStarted(app), *app.hooks])
 
     def __call__(self, job: Job) -> Outcome:
-        return execute(self.app, job, self.hostname)
+        return execute(self.app, job, self.hostname, self.hooks)
 
     def is_async(self, job: Job) -> bool:
         """True if the job's task is a coroutine function."""
         return self.app.get_task(job.message.task).is_async
 
     async def execute_async(self, job: Job) -> Outcome:
-        return await execute_async(self.app, job, self.hostname)
+        return await execute_async(self.app, job, self.hostname, self.hooks)
+
+    def process_init(self) -> None:
+        """This process starts running tasks (a prefork child, or the worker itself)."""
+        self.hooks.process_init()
+
+    def process_shutdown(self, exitcode: int = 0) -> None:
+        """This process stops running tasks."""
+        self.hooks.process_shutdown(exitcode)
 
 
 @dataclass(slots=True)
@@ -227,37 +327,9 @@ class _Run:
 
     @classmethod
     def begin(cls, app: Conveyor, job: Job, hostname: str) -> _Run:
-        """Build the task's request, record STARTED if the task tracks it, start the clock."""
-        msg = job.message
-        request = Request(
-            id=msg.id,
-            task=msg.task,
-            args=msg.args,
-            kwargs=msg.kwargs,
-            retries=msg.retries,
-            delivery_count=job.delivery.deliveries,
-            queue=msg.queue,
-            priority=msg.priority,
-            hostname=hostname,
-            eta=from_timestamp(msg.eta),
-            expires=from_timestamp(msg.expires),
-            parent_id=msg.parent_id,
-            root_id=msg.root_id,
-            headers=msg.headers,
-            ignore_result=not job.store_result,
-        )
-        run = cls(job, app.get_task(msg.task), request, hostname)
-        if job.track_started and job.store_result:
-            write = ResultWrite(
-                msg.id,
-                states.STARTED,
-                encode_state(msg.task, states.STARTED, worker=hostname),
-                app.conf.result_expires,
-            )
-            try:
-                app.backend.store(write)
-            except Exception as exc:  # a hint for watchers, not a reason to fail the task
-                logger.warning("%s: could not record STARTED: %s", job.label, exc)
+        """Build the task's request and start the clock."""
+        job.hostname = job.hostname or hostname
+        run = cls(job, app.get_task(job.message.task), job.request(), hostname)
         run.started = time.perf_counter()
         return run
 

@@ -33,6 +33,9 @@ class Pool(ABC):
     #: ``submit`` runs the job in the calling thread before it returns (solo): the
     #: worker's fetch loop is then busy running a task, not stuck.
     runs_inline: bool = False
+    #: Tasks run in child processes, each of which starts and stops as one that runs
+    #: tasks (``process_init``); else they run in the worker's own process.
+    forks_children: bool = False
 
     def __init__(
         self,

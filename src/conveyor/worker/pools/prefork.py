@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import NoReturn
 
 from conveyor.worker.job import LOST, TERMINATED, Job, Outcome
 from conveyor.worker.limits import PoolLimits, rss_kib, soft_alarm
@@ -46,6 +47,22 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _process_moment(execute: Execute, moment: str, *args: object) -> None:
+    """``execute.process_init()`` / ``process_shutdown(code)`` if it has them (a
+    ``JobRunner``: the hooks of a process that runs tasks); never the child's end."""
+    call = getattr(execute, moment, None)
+    if call is not None:
+        try:
+            call(*args)
+        except Exception:
+            logger.exception("%s of a pool child failed", moment)
+
+
+def _leave(execute: Execute) -> NoReturn:
+    _process_moment(execute, "process_shutdown", 0)
+    os._exit(0)
+
+
 def _child_main(conn: Connection, execute: Execute, parent_pid: int, limits: PoolLimits) -> None:
     # Shutdown is the parent's decision: a Ctrl-C sent to the process group
     # must not interrupt the task this child is running.
@@ -54,6 +71,7 @@ def _child_main(conn: Connection, execute: Execute, parent_pid: int, limits: Poo
     _die_with_parent()
     if os.getppid() != parent_pid:
         os._exit(0)
+    _process_moment(execute, "process_init")
     max_memory = limits.max_memory_per_child
     if max_memory is not None and (baseline := rss_kib()) >= max_memory:
         # Replacing this child after every task would only start another just as big.
@@ -69,10 +87,10 @@ def _child_main(conn: Connection, execute: Execute, parent_pid: int, limits: Poo
         try:
             data = conn.recv_bytes()
         except (EOFError, OSError):
-            os._exit(0)
+            _leave(execute)
         job: Job | None = pickle.loads(data)
         if job is None:
-            os._exit(0)
+            _leave(execute)
         with soft_alarm(job.soft_time_limit):
             # contained: a task's sys.exit() is its FAILURE, not this child's end (LOST)
             outcome = run_job(execute, job)
@@ -91,7 +109,7 @@ def _child_main(conn: Connection, execute: Execute, parent_pid: int, limits: Poo
             os._exit(0)
         if retire:
             conn.close()
-            os._exit(0)
+            _leave(execute)
 
 
 @dataclass(slots=True)
@@ -115,6 +133,7 @@ class PreforkPool(Pool):
     """``concurrency`` forked children, kept at full strength."""
 
     name = "prefork"
+    forks_children = True
     #: Children dying this many times in a row while running nothing (and with no job
     #: finished in between) means the pool cannot be kept alive (a crash at start, no
     #: memory to fork): the worker must exit so that its supervisor starts a new one.

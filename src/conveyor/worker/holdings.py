@@ -1,0 +1,96 @@
+"""What a worker holds: every delivery it fetched and has not settled, by token.
+
+The fetch loop waits here for room (the worker holds at most ``capacity``
+deliveries), the heartbeat renews what is held, the settler and shutdown take
+jobs out. One condition guards it all; ``Job.settling`` and ``Job.acked`` are
+only changed under it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from conveyor.brokers.base import Delivery
+from conveyor.worker.job import Job
+
+
+class Holdings:
+    """The held jobs (token -> Job) and the room left for more."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.cond = threading.Condition()
+        self._jobs: dict[str, Job] = {}
+
+    def __len__(self) -> int:
+        with self.cond:
+            return len(self._jobs)
+
+    def add(self, job: Job) -> int:
+        """Hold ``job``; returns how many are held now."""
+        with self.cond:
+            self._jobs[job.delivery.token] = job
+            return len(self._jobs)
+
+    def get(self, token: str) -> Job | None:
+        with self.cond:
+            return self._jobs.get(token)
+
+    def release(self, jobs: Iterable[Job]) -> None:
+        """Stop holding these jobs (settled, given back) and wake whoever waits for room."""
+        with self.cond:
+            for job in jobs:
+                self._jobs.pop(job.delivery.token, None)
+            self.cond.notify_all()
+
+    def take(self, job: Job) -> bool:
+        """Stop holding ``job`` unless it is being settled; True if this call took it."""
+        with self.cond:
+            if job.settling or self._jobs.pop(job.delivery.token, None) is None:
+                return False
+            self.cond.notify_all()
+            return True
+
+    def jobs(self) -> list[Job]:
+        with self.cond:
+            return list(self._jobs.values())
+
+    def unacked(self) -> list[Delivery]:
+        """The deliveries whose leases must be kept alive (acked early ones need none)."""
+        with self.cond:
+            return [job.delivery for job in self._jobs.values() if not job.acked]
+
+    def mark_settling(self, jobs: Iterable[Job]) -> None:
+        """These jobs are being settled: a renewal that finds them gone is not a lost
+        lease, and shutdown leaves them to the settler."""
+        with self.cond:
+            for job in jobs:
+                job.settling = True
+
+    def set_acked(self, jobs: Iterable[Job], acks: Iterable[bool]) -> None:
+        with self.cond:
+            for job, accepted in zip(jobs, acks, strict=True):
+                job.acked = accepted
+
+    def wait_for_room(self, stop: threading.Event, beat: Callable[[], None]) -> int:
+        """Block until fewer than ``capacity`` jobs are held (or ``stop``); calls ``beat``
+        while it waits (the fetch loop is healthy, only full). Returns the room left."""
+        with self.cond:
+            while len(self._jobs) >= self.capacity and not stop.is_set():
+                beat()
+                self.cond.wait(0.5)
+            return self.capacity - len(self._jobs)
+
+    def wait_empty(self, until: float, give_up: threading.Event) -> list[Job]:
+        """Wait until nothing is held, ``until`` (monotonic) passes or ``give_up`` is
+        set; returns what is still held."""
+        with self.cond:
+            while self._jobs and not give_up.is_set() and time.monotonic() < until:
+                self.cond.wait(0.1)
+            return list(self._jobs.values())
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
