@@ -150,7 +150,8 @@ class Fetcher:
     def _release_unstarted(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             try:
-                self.broker.release(delivery)
+                if self.broker.release(delivery):
+                    logger.info("returned message %s to the queue (not started)", delivery.id)
             except Exception as exc:
                 logger.warning("could not hand back %s (%s): its lease expires", delivery.id, exc)
 
