@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from types import SimpleNamespace
 
 import click
 
@@ -99,6 +100,20 @@ def worker(
     app, log_format = load_app(ref, loglevel, log_format)
     conf = app.conf
     host = hostname_option(hostname, default_hostname())
+    # Celery's moment for per-worker configuration: before anything reads the settings,
+    # with only the app and the name of the worker-to-be set.
+    cli_options = {
+        "concurrency": concurrency,
+        "pool": pool,
+        "queues": queues,
+        "prefetch_multiplier": prefetch_multiplier,
+        "loglevel": loglevel,
+        "hostname": host,
+        "autoscale": autoscale,
+        "beat": with_beat,
+    }
+    starting = SimpleNamespace(app=app, hostname=host)
+    signals.celeryd_init.send(host, instance=starting, conf=conf, options=cli_options)
     requested = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         consumed = conf.declared_queues().consumed(requested)  # without -Q: task_queues
@@ -132,7 +147,6 @@ def worker(
         logger.warning("setting %s has no effect in conveyor: %s", name, reason)
     scheduler = Beat(app, hostname=host) if with_beat else None
     runner = Worker(app, options, services=[scheduler] if scheduler else [])
-    signals.celeryd_init.send(host, instance=runner, conf=conf, options=options)
     signals.celeryd_after_setup.send(host, instance=runner, conf=conf)
     extra = [f"  beat:     {beat_cmd.summary(scheduler)}"] if scheduler else []
     warnings = check_broker(app)
