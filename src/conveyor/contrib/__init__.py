@@ -1,0 +1,12 @@
+"""Integrations with other tools, each enabled by one call (docs/integrations.md).
+
+* ``conveyor.contrib.opentelemetry``: ``ConveyorInstrumentor().instrument()`` traces
+  publishing and running tasks, one trace from the sender to the worker
+  (``pip install 'conveyor[opentelemetry]'``).
+* ``conveyor.contrib.sentry``: ``sentry_sdk.init(..., integrations=[ConveyorIntegration()])``
+  reports failed tasks with their context (``pip install 'conveyor[sentry]'``).
+
+Each module imports its tool; this package imports none, so conveyor itself needs
+none of them. They are built on Celery's signals (``conveyor.signals``), as the
+tools' own Celery integrations are.
+"""
