@@ -17,8 +17,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
 
+# The package, then the typed API as users see it (tests/typing: assert_type, expected errors).
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy tests/typing
 
 layers: $(STAMP)
 	$(BIN)/lint-imports

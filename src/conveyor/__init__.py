@@ -21,8 +21,10 @@ from conveyor.exceptions import (
     ConveyorError,
     DecodeError,
     EncodeError,
+    Ignore,
     MaxRetriesExceededError,
     NotRegistered,
+    Reject,
     Retry,
     SoftTimeLimitExceeded,
     TaskError,
@@ -32,7 +34,7 @@ from conveyor.exceptions import (
 )
 from conveyor.queues import Queue
 from conveyor.result import AsyncResult, EagerResult, GroupResult
-from conveyor.task import Request, Task
+from conveyor.task import Request, Task, shared_task
 
 __version__ = "0.1.0"
 
@@ -47,9 +49,11 @@ __all__ = [
     "EagerResult",
     "EncodeError",
     "GroupResult",
+    "Ignore",
     "MaxRetriesExceededError",
     "NotRegistered",
     "Queue",
+    "Reject",
     "Request",
     "Retry",
     "Signature",
@@ -65,6 +69,7 @@ __all__ = [
     "chunks",
     "group",
     "maybe_signature",
+    "shared_task",
     "signature",
     "states",
     "xmap",

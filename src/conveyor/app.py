@@ -7,13 +7,14 @@ import fnmatch
 import functools
 import importlib
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from conveyor import canvas, current, states
 from conveyor import message as wire
@@ -28,39 +29,20 @@ from conveyor.result import AsyncResult, GroupResult, encode_failure
 from conveyor.schedules import as_schedule
 from conveyor.signals import CelerySignals, Signal
 from conveyor.signing import sign
-from conveyor.task import Task, countdown_to_eta, expiry
+from conveyor.task import Task, countdown_to_eta, expiry, shared
+from conveyor.task.base import class_name
+from conveyor.task.defining import (
+    BoundTaskDecorator,
+    TaskDecorator,
+    app_task_class,
+    check_options,
+    task_from_function,
+)
 
 logger = logging.getLogger("conveyor.app")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-_TASK_OPTIONS = frozenset(
-    {
-        "name",
-        "bind",
-        "ignore_result",
-        "acks_late",
-        "track_started",
-        "queue",
-        "priority",
-        "max_retries",
-        "default_retry_delay",
-        "rate_limit",
-        "time_limit",
-        "soft_time_limit",
-        "typing",
-        "autoretry_for",
-        "retry_kwargs",
-        "retry_backoff",
-        "retry_backoff_max",
-        "retry_jitter",
-        "dead_letter_on_failure",
-        "concurrency_limit",
-        "unique_key",
-        "unique_for",
-        "unique_until",
-    }
-)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -101,6 +83,8 @@ class Conveyor:
         backend: result backend URL; default ``CONVEYOR_RESULT_BACKEND`` or
             the broker's URL.
         include: modules the worker imports at start (tasks defined there).
+        task_cls: the base class of the app's tasks (``app.Task``): a ``Task``
+            subclass, or its ``"module:Class"`` path (imported when first needed).
         **settings: any setting from the settings table, by its Celery name.
     """
 
@@ -111,9 +95,11 @@ class Conveyor:
         backend: str | None = None,
         *,
         include: Iterable[str] | None = None,
+        task_cls: type[Task[Any, Any]] | str = Task,
         **settings: Any,
     ):
         self.main = main
+        self.task_cls = task_cls
         self.conf = Settings()
         if broker is not None:
             self.conf.broker_url = broker
@@ -122,12 +108,14 @@ class Conveyor:
         if include is not None:
             self.conf.include = tuple(include)
         self.conf.update(settings)
-        self.tasks = TaskRegistry(
+        self._tasks = TaskRegistry(
             {
-                name: Task(self, functools.partial(run, self), name=name)
+                name: task_from_function(self, functools.partial(run, self), base=Task, name=name)
                 for name, run in canvas.BUILTIN_TASKS.items()
             }
         )
+        #: ``autodiscover_tasks`` calls left for ``import_modules``: (packages, related name).
+        self._discover: list[tuple[Callable[[], Iterable[str]] | None, str]] = []
         #: What extends every process of this app: Celery's signals first (see
         #: ``conveyor.hooks``); a worker adds its own around them.
         self.hooks = Hooks([CelerySignals()])
@@ -179,12 +167,37 @@ class Conveyor:
         self.conf.from_object(obj, namespace=namespace)
 
     def import_modules(self) -> None:
-        """Import the modules named in ``include`` and ``imports`` (worker start-up)."""
+        """Import the modules named in ``include`` and ``imports``, and those
+        ``autodiscover_tasks`` left for now (worker start-up)."""
         for name in (*self.conf.include, *self.conf.imports):
             importlib.import_module(name)
+        while self._discover:
+            packages, related_name = self._discover.pop(0)
+            self._import_related(packages() if packages else _django_apps(), related_name)
 
-    def autodiscover_tasks(self, packages: Iterable[str], related_name: str = "tasks") -> None:
-        """Import ``<package>.tasks`` for each package that has one (as Celery does)."""
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` for each package that has one (as Celery does).
+
+        ``packages`` is a list (imported now), or a callable returning one, or None:
+        the Django apps (``INSTALLED_APPS``) when Django is configured, else nothing.
+        Those two are imported when the worker imports its modules (``import_modules``),
+        as Celery does, so that a Django project's ``celery.py`` may call this before
+        Django is set up; ``force=True`` imports them now.
+        """
+        if packages is not None and not callable(packages):
+            self._import_related(packages, related_name)
+            return
+        self._discover.append((packages, related_name))
+        if force:
+            self.import_modules()
+
+    @staticmethod
+    def _import_related(packages: Iterable[str], related_name: str) -> None:
         for package in packages:
             try:
                 importlib.import_module(f"{package}.{related_name}")
@@ -240,45 +253,71 @@ class Conveyor:
 
     # -- tasks ----------------------------------------------------------------------
 
-    @overload
-    def task(self, fun: F) -> Task[..., Any]: ...
+    @property
+    def tasks(self) -> TaskRegistry:
+        """The registered tasks by name (with every ``shared_task`` defined so far)."""
+        shared.sync(self)
+        return self._tasks
 
     @overload
-    def task(self, fun: None = None, **options: Any) -> Callable[[F], Task[..., Any]]: ...
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
 
+    @overload
+    def task(self, fun: Callable[P, R]) -> Task[P, R]: ...
+
+    @overload
     def task(
-        self, fun: Callable[..., Any] | None = None, **options: Any
-    ) -> Task[..., Any] | Callable[[Callable[..., Any]], Task[..., Any]]:
+        self, fun: None = None, *, bind: Literal[True], **options: Any
+    ) -> BoundTaskDecorator: ...
+
+    @overload
+    def task(self, fun: None = None, **options: Any) -> TaskDecorator: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(**options)``.
 
-        Options: name, bind, ignore_result, acks_late, track_started, queue,
-        priority, max_retries, default_retry_delay, rate_limit, time_limit,
-        soft_time_limit, typing. An unknown option is an error.
+        The task is an instance of a new subclass of ``base`` (default: ``app.Task``)
+        whose options are class attributes and whose ``run`` is the function. Options:
+        name, bind, base, and the ``Task`` attributes (ignore_result, acks_late,
+        queue, priority, max_retries, rate_limit, time_limit...: docs/tasks.md), or
+        attributes a ``base`` of yours defines. An unknown option is an error.
         """
-        unknown = set(options) - _TASK_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown task option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}"
-            )
+        options = dict(options)
+        name = options.pop("name", None)
+        bind = bool(options.pop("bind", False))
+        base = options.pop("base", None) or self.Task
+        check_options(base, options)
 
-        def register(f: Callable[..., Any]) -> Task[..., Any]:
-            name = options.pop("name", None) or self.gen_task_name(f)
-            if options.get("priority") is not None:
-                check_priority(options["priority"])
-            task: Task[..., Any] = Task(self, f, name=name, **options)
-            self.tasks[name] = task
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or self.gen_task_name(
+                str(getattr(f, "__name__", f)), str(getattr(f, "__module__", ""))
+            )
+            task = task_from_function(self, f, base=base, name=task_name, bind=bind, **options)
+            self._tasks[task_name] = task
             return task
 
         if fun is not None:
             return register(fun)
         return register
 
-    def gen_task_name(self, fun: Callable[..., Any]) -> str:
-        """``module.function``, as Celery names tasks (``main.function`` in ``__main__``)."""
-        module = fun.__module__
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
+        """Register a task written as a class (a ``Task`` subclass, or an instance of
+        one, with ``run``), as Celery's: named by its ``name``, else by its module and
+        class name. Returns the registered instance."""
+        if isinstance(task, type):
+            task = task()
+        if not task.name:
+            task.name = self.gen_task_name(class_name(type(task)), type(task).__module__)
+        task.app = self
+        self._tasks[task.name] = task
+        return task
+
+    def gen_task_name(self, name: str, module: str) -> str:
+        """``module.name``, as Celery names tasks (``main.name`` in ``__main__``).
+        Override it (as Celery's) to name tasks another way."""
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{fun.__name__}"
+        return f"{module}.{name}"
 
     def get_task(self, name: str) -> Task[..., Any]:
         try:
@@ -456,8 +495,9 @@ class Conveyor:
         self.hooks.before_publish(self, msg)  # may add headers: encoded after
         body = sign(wire.encode(msg), self.conf.message_signing_keys)
         self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta), msg)
-        result = AsyncResult(task_id, self)
+        result: AsyncResult[Any] = AsyncResult(task_id, self)
         result.sent_at = time.monotonic()
+        result.ignored = msg.ignore_result
         if canvas.LINK in msg.headers or canvas.CHAIN in msg.headers:
             # their ids were chosen above: the children are known before the task runs
             result.expected_children = functools.partial(canvas.sent_children, msg.headers, self)
@@ -552,6 +592,30 @@ class Conveyor:
     def control(self) -> Control:
         """Celery's ``app.control``: ``app.control.revoke(ids, terminate=False)``."""
         return Control(self)
+
+    # (last in the class: below it, ``Task`` in an annotation would name this property)
+    @functools.cached_property
+    def Task(self) -> type[Task[Any, Any]]:
+        """The base class of this app's tasks (Celery's ``app.Task``): ``task_cls``,
+        bound to this app; subclass it for a base of your own (``class
+        MyTask(app.Task)``, then ``@app.task(base=MyTask)``)."""
+        return app_task_class(self, self.task_cls)
+
+
+def _django_apps() -> list[str]:
+    """The packages of the installed Django apps when Django is configured (Django is
+    then set up, as the worker needs it to import them), else none."""
+    try:
+        import django  # type: ignore[import-untyped]
+        from django.apps import apps  # type: ignore[import-untyped]
+        from django.conf import settings  # type: ignore[import-untyped]
+    except ImportError:
+        return []
+    if not (os.environ.get("DJANGO_SETTINGS_MODULE") or settings.configured):
+        return []
+    if not apps.ready:
+        django.setup()
+    return [config.name for config in apps.get_app_configs()]
 
 
 class Control:

@@ -19,16 +19,23 @@
 
     Control flow raised inside tasks (not failures):
     TaskControl
-    └── Retry                       raised by ``self.retry()``: run the task again later
+    ├── Retry                       raised by ``self.retry()``: run the task again later
+    ├── Ignore                      acknowledge the message; store no state, send no callbacks
+    └── Reject                      requeue the message (``requeue=True``) or dead-letter it
 
     Raised inside a running task by the worker:
     SoftTimeLimitExceeded (Exception)   the task may catch it and clean up
     TimeLimitExceeded (Exception)       stored as the failure of a task that was ended
+
+``ExceptionInfo`` (not an exception) is what Celery's handlers and signals get as ``einfo``.
 """
 
 from __future__ import annotations
 
 import builtins
+import traceback as tb
+from dataclasses import dataclass
+from typing import Any
 
 
 class ConveyorError(Exception):
@@ -130,9 +137,48 @@ class Retry(TaskControl):
         self.kwargs_override = kwargs
 
 
+class Ignore(TaskControl):
+    """Raised by a task to end without a result: the worker acknowledges the message,
+    stores no state (an earlier ``update_state`` stays), and sends no callbacks."""
+
+
+class Reject(TaskControl):
+    """Raised by a task (``acks_late``) to give its message back to the broker: with
+    ``requeue=True`` to its queue (the attempt counts toward ``broker_max_deliveries``),
+    else to the dead letters with ``reason``. No state is stored, no callbacks are sent.
+    A message acknowledged when it started (acks early) has nothing left to reject."""
+
+    def __init__(self, reason: object = None, requeue: bool = False):
+        super().__init__(reason, requeue)
+        self.reason = reason
+        self.requeue = requeue
+
+    def __str__(self) -> str:
+        return f"Reject(requeue={self.requeue}): {self.reason}"
+
+
 class SoftTimeLimitExceeded(Exception):
     """Raised inside a task when its soft time limit is reached."""
 
 
 class TimeLimitExceeded(Exception):
     """The task was ended because it reached its hard time limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionInfo:
+    """What Celery passes as ``einfo`` (signals, task handlers): the exception, its type
+    and its traceback, as an object (``tb``) and formatted (``traceback``)."""
+
+    exception: BaseException
+    type: type[BaseException]
+    tb: Any
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ExceptionInfo:
+        text = "".join(tb.format_exception(exc))
+        return cls(exc, type(exc), exc.__traceback__, text)
+
+    def __str__(self) -> str:
+        return self.traceback

@@ -25,12 +25,11 @@ where the task reads it in ``self.request.headers``.
 from __future__ import annotations
 
 import os
-import traceback as tb
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
 from conveyor.dispatch import Signal
+from conveyor.exceptions import ExceptionInfo, TaskControl
 from conveyor.hooks import Hook
 
 if TYPE_CHECKING:
@@ -108,24 +107,6 @@ after_setup_logger = Signal(
 after_setup_task_logger = Signal(
     "after_setup_task_logger", ("logger", "loglevel", "logfile", "format", "colorize")
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ExceptionInfo:
-    """What Celery passes as ``einfo``: the exception, its type and its traceback."""
-
-    exception: BaseException
-    type: type[BaseException]
-    tb: Any
-    traceback: str
-
-    @classmethod
-    def of(cls, exc: BaseException) -> ExceptionInfo:
-        text = "".join(tb.format_exception(exc))
-        return cls(exc, type(exc), exc.__traceback__, text)
-
-    def __str__(self) -> str:
-        return self.traceback
 
 
 def _body(message: Message) -> dict[str, Any]:
@@ -220,7 +201,8 @@ class CelerySignals(Hook):
             task_success.send(task, result=value)
         elif state == states.RETRY and error is not None:
             task_retry.send(task, request=request, reason=error, einfo=ExceptionInfo.of(error))
-        elif error is not None:
+        elif error is not None and not isinstance(error, TaskControl):
+            # (Ignore and Reject end a task without failing it: no task_failure, as in Celery)
             info = ExceptionInfo.of(error)
             task_failure.send(
                 task,

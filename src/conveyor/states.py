@@ -14,3 +14,10 @@ READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 #: States a task passes through before it is ready.
 UNREADY_STATES = frozenset({PENDING, STARTED, RETRY})
 ALL_STATES = READY_STATES | UNREADY_STATES
+
+#: How a run ended when the task raised ``Ignore`` (or was replaced) or ``Reject``: what
+#: ``task_postrun`` and an eager result report (as Celery's); never stored.
+IGNORED = "IGNORED"
+REJECTED = "REJECTED"
+#: States whose stored result is an exception (``AsyncResult.result`` rebuilds it).
+EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})

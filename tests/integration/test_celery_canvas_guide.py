@@ -9,10 +9,8 @@ not run as printed, in Celery either, the comment says what was completed (a cho
 sent without its body, a ``zip`` given its ``n``). Left out, with the reason:
 
 * ``res.collect()`` and ``res.graph``: not implemented (``children`` is);
-* errbacks called with ``(request, exc, traceback)`` objects: conveyor sends an
-  errback task ``(task_id, exc_type, message)`` (docs/canvas.md), so the guide's
-  ``log_error`` runs but gets an id and two strings;
-* stamping, and ``Task.replace``: not implemented.
+* stamping: not implemented. (``Task.replace`` and the guide's ``log_error``, called
+  with ``(request, exc, traceback)``, are in ``test_celery_guide.py``.)
 """
 
 # The guide writes zip() without strict=; it is kept as printed.

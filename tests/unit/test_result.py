@@ -353,9 +353,65 @@ def test_handles_are_equal_by_id(backend: ResultBackend) -> None:
     assert a != AsyncResult("other", backend=backend)
 
 
-def test_a_handle_needs_an_app_or_a_backend() -> None:
+def test_a_handle_without_an_app_reads_the_default_apps_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an app (the one created last is the default), with a stored result
+    app = conveyor.Conveyor("unit", broker=f"memory://unit-result-{uuid.uuid4().hex}")
+    store(app.backend, "by-default", states.SUCCESS, encode_success("p.t", 7))
+
+    # Then AsyncResult(id), as Flask's guide writes it, reads it
+    assert AsyncResult("by-default").get(timeout=1) == 7
+    app.close()
+
+    # ... and without any app, it says what it needs
+    monkeypatch.setattr(conveyor.current, "_chosen", None)
+    monkeypatch.setattr(conveyor.current, "_latest", None)
     with pytest.raises(TypeError, match="app="):
         AsyncResult("id")
+
+
+def test_the_info_of_a_state_is_its_meta_and_of_a_retry_the_exception(
+    backend: ResultBackend,
+) -> None:
+    # Given a custom state, STARTED with Celery's meta, and a RETRY
+    store(backend, "custom", "PROGRESS", encode_state("p.t", "PROGRESS", {"done": 3}))
+    store(backend, "started", states.STARTED, encode_state("p.t", states.STARTED, {"pid": 9}))
+    retry = encode_failure("p.t", raised(ConnectionError("down")), state=states.RETRY)
+    store(backend, "retrying", states.RETRY, retry)
+
+    # Then info (and result) is the meta, and for RETRY the exception (as Celery's)
+    assert AsyncResult("custom", backend=backend).info == {"done": 3}
+    assert AsyncResult("started", backend=backend).result == {"pid": 9}
+    assert isinstance(AsyncResult("retrying", backend=backend).info, ConnectionError)
+    assert not AsyncResult("custom", backend=backend).ready()
+
+
+def test_a_state_meta_that_is_not_json_is_an_encode_error() -> None:
+    with pytest.raises(EncodeError, match="PROGRESS"):
+        encode_state("p.t", "PROGRESS", {"when": object()})
+
+
+def test_celerys_failure_meta_dict_rebuilds_the_named_exception(backend: ResultBackend) -> None:
+    # Given the meta Celery's tasks give update_state(state=FAILURE) before raising Ignore
+    meta = {"exc_type": "ValueError", "exc_message": ["bad", "input"], "custom": "x"}
+    store(backend, "manual", states.FAILURE, encode_state("p.t", states.FAILURE, meta))
+
+    # Then the result is that exception, with its arguments
+    exc = AsyncResult("manual", backend=backend).result
+    assert isinstance(exc, ValueError)
+    assert exc.args == ("bad", "input")
+
+
+def test_an_async_result_is_generic_in_its_value() -> None:
+    # typing only: AsyncResult[int] is the same class at run time
+    assert AsyncResult[int] is not None
+    assert EagerResult("e", states.SUCCESS, encode_success("p.t", 1)).get() == 1
+
+
+def test_an_eager_result_of_an_ignored_run_gets_none() -> None:
+    for state in (states.IGNORED, states.REJECTED):
+        assert EagerResult("e", state, encode_state("p.t", state)).get() is None
 
 
 def test_an_eager_result_answers_without_a_backend() -> None:

@@ -17,7 +17,9 @@ How the primitives run on workers; nothing ever waits or polls for a result:
 
 * ``link`` / ``link_error``: lists of signatures in ``headers``. The worker that
   settles the task sends them: the links with the return value as first argument,
-  the error callbacks with ``(task_id, exc_type, message)`` once it failed for good.
+  the error callbacks once it failed for good, by their parameters (Celery's
+  ``(request, exc, traceback)``, the task id, or ``(task_id, exc_type, message)``:
+  see docs/canvas.md).
   The links' ids are chosen when the task is sent, so its children are known.
 * ``chain(a, b, c)``: every task id is chosen when the chain is sent (``freeze``),
   so the caller gets the last result at once, with ``parent`` links. ``a``'s

@@ -32,8 +32,9 @@ class chord(Signature):
     The header is a group, or tasks, chains and chords; a group among them is
     flattened into the header (its tasks count one by one, as in Celery). Returns
     the body's result, whose ``parent`` is the header's ``GroupResult``. If a header
-    task fails, the body never runs: its error callbacks are called once, with the
-    failed task's ``(task_id, exc_type, message)``, and its result is a ``ChordError``.
+    task fails, the body never runs: its error callbacks are called once (the JSON
+    kind with the failed task's ``(task_id, exc_type, message)``: see docs/canvas.md),
+    and its result is a ``ChordError``.
     """
 
     _composite = True

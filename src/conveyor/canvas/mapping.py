@@ -23,11 +23,20 @@ from conveyor.canvas.signatures import Result, Signature, maybe_signature, plain
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
-__all__ = ["BUILTIN_TASKS", "MAP_TASK", "STARMAP_TASK", "chunks", "xmap", "xstarmap"]
+__all__ = [
+    "ACCUMULATE_TASK",
+    "BUILTIN_TASKS",
+    "MAP_TASK",
+    "STARMAP_TASK",
+    "chunks",
+    "xmap",
+    "xstarmap",
+]
 
 #: The built-in tasks every app registers (see ``BUILTIN_TASKS``).
 MAP_TASK = "conveyor.map"
 STARMAP_TASK = "conveyor.starmap"
+ACCUMULATE_TASK = "conveyor.accumulate"
 
 
 def run_map(app: Conveyor, task: Mapping[str, Any], it: list[Any]) -> list[Any]:
@@ -44,10 +53,17 @@ def run_starmap(app: Conveyor, task: Mapping[str, Any], it: list[Any]) -> list[A
     return [fun(*args) for args in it]
 
 
-#: Name -> function(app, task, it) of the built-in tasks each app registers.
+def run_accumulate(app: Conveyor, values: list[Any]) -> list[Any]:
+    """The built-in ``conveyor.accumulate``: its argument, the values of a chord's
+    header (the body of a group that replaced a task: see ``Task.replace``)."""
+    return values
+
+
+#: Name -> function(app, ...) of the built-in tasks each app registers.
 BUILTIN_TASKS: dict[str, Callable[..., list[Any]]] = {
     MAP_TASK: run_map,
     STARMAP_TASK: run_starmap,
+    ACCUMULATE_TASK: run_accumulate,
 }
 
 

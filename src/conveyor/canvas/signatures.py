@@ -254,8 +254,9 @@ class Signature(dict[str, Any]):
         return callback
 
     def link_error(self, errback: Any) -> Any:
-        """Send ``errback`` with ``(task_id, exc_type, message)`` if this task fails
-        for good (not on a retry); returns ``errback``."""
+        """Call ``errback`` if this task fails for good (not on a retry), by its
+        parameters: ``(request, exc, traceback)``, the task id, or ``(task_id,
+        exc_type, message)`` (docs/canvas.md); returns ``errback``."""
         _append_option(self.options, LINK_ERROR, maybe_signature(errback))
         return errback
 

@@ -15,12 +15,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor import states
 from conveyor.brokers.base import Broker, Delivery
 from conveyor.config import parse_rate
 from conveyor.hooks import Hook, Verdict
 from conveyor.task import UNIQUE_KEY, UNIQUE_UNTIL, Task, unique_claim_key
-from conveyor.worker.job import LOST, Job, Outcome
+from conveyor.worker.job import Job, Outcome
 
 logger = logging.getLogger("conveyor.worker")
 
@@ -86,9 +85,9 @@ class Admission(Hook):
 
     def finished(self, job: Job, task: Task[..., Any] | None, outcome: Outcome | None) -> None:
         """Give back the job's concurrency slot; free its unique key once it has ended
-        for good (not when it retries, nor when it is lost and may run again)."""
+        for good (not when it retries, is requeued, or is lost and may run again)."""
         self._release_slot(task, job.delivery)
-        if outcome is not None and outcome.state not in (LOST, states.RETRY):
+        if outcome is not None and not outcome.again:
             self.release_unique(job.message.headers, job.message.id, "finished")
 
     def _release_slot(self, task: Task[..., Any] | None, delivery: Delivery) -> None:

@@ -12,11 +12,15 @@ are stored. For each job whose message carries canvas headers (see
   size, the body with every header result, read from the result backend in header
   order (a claim makes sure one worker sends it);
 * on FAILURE (for good; a retry is not settled here): the ``link_error``
-  signatures with ``(task_id, exc_type, message)``; every step of the chain still
-  ahead gets the same failure stored as its result (so ``get()`` on a chain's last
+  signatures, by their parameters (``conveyor.task.handlers``): with the task's id,
+  or ``(task_id, exc_type, message)``; those written for Celery were called with
+  ``(request, exc, traceback)`` where the task ran, and are called here only when it
+  did not get to (its process was lost, its time ran out); every step of the chain
+  still ahead gets the same failure stored as its result (so ``get()`` on a chain's last
   result raises instead of waiting); for a chord's header task, the first failure
   (the one that claims ``"chord-error:<id>"``) stores a ``ChordError`` as the body's
-  result and sends the body's error callbacks, once.
+  result and sends the body's error callbacks, once (those written for Celery are
+  called here, with a request of the body's, the ``ChordError`` and no traceback).
 
 A callback that cannot be sent (its arguments do not fit its task) gets that error
 stored as its result. Nothing here raises for one bad job: it is logged.
@@ -34,7 +38,15 @@ from conveyor.backends.base import ResultWrite
 from conveyor.brokers.base import OutgoingMessage
 from conveyor.exceptions import ChordError
 from conveyor.hooks import Hook
-from conveyor.result import add_children, encode_failure, failure_of, payload_value
+from conveyor.result import (
+    add_children,
+    decode_payload,
+    encode_failure,
+    failure_of,
+    payload_value,
+    rebuild_exception,
+)
+from conveyor.task import Request, handlers
 from conveyor.worker.job import Job, Outcome
 
 if TYPE_CHECKING:
@@ -145,14 +157,18 @@ class Callbacks(Hook):
                 self._chord_part_succeeded(info, follow, writes, job)
             return
         exc_type, message = failure_of(outcome.payload)
-        for errback in headers.get(canvas.LINK_ERROR) or ():
-            self._send(errback, (msg.id, exc_type, message), follow, writes, job)
+        failure = (msg.id, exc_type, message)
+        direct, errbacks = handlers.sort_errbacks(headers.get(canvas.LINK_ERROR), self.app)
+        for errback, form in errbacks:
+            self._send(errback, handlers.errback_args(form, failure, msg.id), follow, writes, job)
+        if direct and not outcome.errbacks_called and outcome.payload is not None:
+            meta = decode_payload(outcome.payload)
+            exc = rebuild_exception(meta)
+            handlers.call_errbacks(direct, job.request(), exc, meta.get("traceback"))
         for step in headers.get(canvas.CHAIN) or ():
-            self._fail_ahead(
-                step, outcome.payload, (msg.id, exc_type, message), follow, writes, job
-            )
+            self._fail_ahead(step, outcome.payload, failure, follow, writes, job)
         if isinstance(info, Mapping):
-            self._chord_part_failed(info, (msg.id, exc_type, message), follow, writes, job)
+            self._chord_part_failed(info, failure, follow, writes, job)
 
     def _send(
         self,
@@ -262,5 +278,19 @@ class Callbacks(Hook):
             outer = task.options.get(canvas.CHORD)
             if isinstance(outer, Mapping):  # the body is part of another chord
                 self._chord_part_failed(outer, failure, follow, writes, job)
-        for errback in canvas.errbacks_of(body):
-            self._send(errback, failure, follow, writes, job)
+        target = body._counted() or body
+        direct, sent = handlers.sort_errbacks(canvas.errbacks_of(body), self.app)
+        for errback, form in sent:
+            args = handlers.errback_args(form, failure, str(target.id))
+            self._send(errback, args, follow, writes, job)
+        if direct:
+            # as Celery: a request made up from the body, the ChordError, no traceback
+            request = Request(
+                id=target.id,
+                task=str(target.task),
+                args=list(target.args),
+                kwargs=dict(target.kwargs),
+                root_id=follow.get("root_id"),
+                parent_id=follow.get("parent_id"),
+            )
+            handlers.call_errbacks(direct, request, error, None)

@@ -2,8 +2,11 @@
 
 ``execute`` runs wherever the pool runs tasks: a prefork child, a pool thread,
 or the consumer thread itself (solo); ``execute_async`` is the same run awaited
-on an event loop (the asyncio pool). Neither touches the broker: settling a
-delivery is the consumer's job, in the parent, fenced by the delivery token.
+on an event loop (the asyncio pool). Both call the task through its ``__call__`` (a
+subclass's own applies), with waiting for results denied inside
+(``disable_sync_subtasks``). Neither touches the broker: settling a delivery is the
+consumer's job, in the parent, fenced by the delivery token. A task that raises
+``Ignore`` or ``Reject`` ends as an IGNORED or REJECTED outcome, not a failure.
 
 Neither raises: whatever a task raises, ``BaseException`` included (``sys.exit()``,
 a ``KeyboardInterrupt`` or ``CancelledError`` of its own), and whatever fails around
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import time
 import traceback
@@ -24,20 +28,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
-from conveyor.backends.base import ResultWrite
 from conveyor.brokers.base import Delivery
 from conveyor.exceptions import (
     EncodeError,
+    Ignore,
+    Reject,
     Retry,
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded,
 )
-from conveyor.hooks import Hook, Hooks
+from conveyor.hooks import Hooks
 from conveyor.message import Message, encode
-from conveyor.result import encode_failure, encode_state, encode_success
+from conveyor.result import denied_join_result, encode_failure, encode_success
 from conveyor.signing import sign
-from conveyor.task import Request, Task, from_timestamp, request_context
+from conveyor.task import Request, Task, from_timestamp, request_context, run_coroutine
+from conveyor.worker.handlers import TaskHandlers, TrackStarted
 from conveyor.worker.limits import interruptible
 
 if TYPE_CHECKING:
@@ -53,6 +59,10 @@ TIMED_OUT = "TIMED_OUT"
 #: Outcome state of a job its pool stopped because it was revoked with terminate (the
 #: consumer records it as REVOKED and acknowledges it).
 TERMINATED = "TERMINATED"
+#: Outcome states of a task that raised ``Ignore`` (or was replaced: acknowledged, no
+#: result, no callbacks) or ``Reject`` (requeued or dead-lettered), as Celery names them.
+IGNORED = states.IGNORED
+REJECTED = states.REJECTED
 
 
 @dataclass(slots=True)
@@ -139,6 +149,16 @@ class Outcome:
     #: For state RETRY: the next run's message body and when it is due (UNIX time).
     retry_body: bytes | None = None
     retry_eta: float | None = None
+    #: For state REJECTED: back to the queue (True) or to the dead letters.
+    requeue: bool = False
+    #: The error callbacks that take ``(request, exc, traceback)`` were called where the
+    #: task ran (``conveyor.worker.handlers``): the settler calls only the others.
+    errbacks_called: bool = False
+
+    @property
+    def again(self) -> bool:
+        """The task may run again: it retries, its process was lost, or it was requeued."""
+        return self.state in (LOST, states.RETRY) or (self.state == REJECTED and self.requeue)
 
 
 #: What a pool raises into a task's thread (``limits.interrupt``, SIGALRM); one that
@@ -168,18 +188,22 @@ def _execute(app: Conveyor, job: Job, hostname: str, hooks: Hooks) -> Outcome:
     run = _Run.begin(app, job, hostname)
     value: Any = None
     error: BaseException | None = None
-    with request_context(run.request):
+    with request_context(run.request), denied_join_result():
         hooks.before_run(job, run.task, run.request)
         try:
             # time limits may raise their exceptions only inside this block
             with interruptible(job):
+                # through __call__, so that a subclass's own (an app context) applies
                 value = run.task(*job.message.args, **job.message.kwargs)
+                if inspect.isawaitable(value):  # such a __call__ of an async task
+                    value = run_coroutine(value)
         except Exception as exc:
             error, outcome = exc, run.raised(exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt... of the task's own
             error, outcome = exc, run.failed(exc)
         else:
             outcome = run.succeeded(value)
+            error = run.unstorable
         hooks.after_run(job, run.task, run.request, outcome, value, error)
     return outcome
 
@@ -206,7 +230,7 @@ async def _execute_async(app: Conveyor, job: Job, hostname: str, hooks: Hooks) -
     run = _Run.begin(app, job, hostname)
     value: Any = None
     error: BaseException | None = None
-    with request_context(run.request):
+    with request_context(run.request), denied_join_result():
         hooks.before_run(job, run.task, run.request)
         soft = asyncio.timeout(job.soft_time_limit)
         try:
@@ -230,6 +254,7 @@ async def _execute_async(app: Conveyor, job: Job, hostname: str, hooks: Hooks) -
             error, outcome = exc, run.failed(exc)
         else:
             outcome = run.succeeded(value)
+            error = run.unstorable
         hooks.after_run(job, run.task, run.request, outcome, value, error)
     return outcome
 
@@ -261,28 +286,6 @@ def crashed(job: Job, exc: BaseException, hostname: str = "") -> Outcome:
     return Outcome(state, payload, 0.0, summary)
 
 
-class TrackStarted(Hook):
-    """Stores the STARTED state as a task that tracks it begins (``track_started``)."""
-
-    def __init__(self, app: Conveyor) -> None:
-        self.app = app
-
-    def before_run(self, job: Job, task: Task[..., Any], request: Request) -> None:
-        if not (job.track_started and job.store_result):
-            return
-        msg = job.message
-        write = ResultWrite(
-            msg.id,
-            states.STARTED,
-            encode_state(msg.task, states.STARTED, worker=job.hostname),
-            self.app.conf.result_expires,
-        )
-        try:
-            self.app.backend.store(write)
-        except Exception as exc:  # a hint for watchers, not a reason to fail the task
-            logger.warning("%s: could not record STARTED: %s", job.label, exc)
-
-
 class JobRunner:
     """What a worker hands its pool as ``execute``: runs jobs of ``app`` as ``hostname``,
     with the hooks of the process that runs tasks (``app.hooks``, after the worker's own).
@@ -294,7 +297,9 @@ class JobRunner:
     def __init__(self, app: Conveyor, hostname: str, hooks: Hooks | None = None):
         self.app = app
         self.hostname = hostname
-        self.hooks = hooks if hooks is not None else Hooks([TrackStarted(app), *app.hooks])
+        if hooks is None:
+            hooks = Hooks([TrackStarted(app), TaskHandlers(app), *app.hooks])
+        self.hooks = hooks
 
     def __call__(self, job: Job) -> Outcome:
         return execute(self.app, job, self.hostname, self.hooks)
@@ -324,6 +329,8 @@ class _Run:
     request: Request
     hostname: str
     started: float = 0.0
+    #: A return value that could not be stored (the run's FAILURE is an EncodeError).
+    unstorable: EncodeError | None = None
 
     @classmethod
     def begin(cls, app: Conveyor, job: Job, hostname: str) -> _Run:
@@ -334,9 +341,11 @@ class _Run:
         return run
 
     def raised(self, exc: Exception) -> Outcome:
-        """The outcome of a task that raised ``exc``: a retry (``self.retry()``, or an
-        exception in ``autoretry_for`` with retries left), else a failure. Called
-        while the task's request is current."""
+        """The outcome of a task that raised ``exc``: ignored or rejected (``Ignore``,
+        ``Reject``), a retry (``self.retry()``, or an exception in ``autoretry_for``
+        with retries left), else a failure. Called while the task's request is current."""
+        if isinstance(exc, Ignore | Reject):
+            return self.controlled(exc)
         retry = exc if isinstance(exc, Retry) else self.task.autoretry(exc)
         if retry is None:
             return self.failed(exc)
@@ -361,6 +370,15 @@ class _Run:
             retry_body=sign(encode(following), self.task.app.conf.message_signing_keys),
             retry_eta=retry.eta,
         )
+
+    def controlled(self, exc: Ignore | Reject) -> Outcome:
+        """The outcome of a task that ended itself with ``Ignore`` or ``Reject``."""
+        runtime = time.perf_counter() - self.started
+        if isinstance(exc, Reject):
+            where = "back to the queue" if exc.requeue else "to the dead letters"
+            summary = f"rejected, {where}: {exc.reason}"
+            return Outcome(REJECTED, None, runtime, summary, requeue=exc.requeue)
+        return Outcome(IGNORED, None, runtime, f"ignored: {exc}" if str(exc) else "ignored")
 
     def failed(self, exc: BaseException) -> Outcome:
         """The outcome of a task that raised ``exc``."""
@@ -390,6 +408,7 @@ class _Run:
         try:
             payload = encode_success(msg.task, value, worker=self.hostname, retries=msg.retries)
         except EncodeError as exc:
+            self.unstorable = exc
             return Outcome(
                 states.FAILURE,
                 encode_failure(msg.task, exc, worker=self.hostname),

@@ -4,9 +4,11 @@ Outcomes queue for the settler thread, which takes them in batches: acks (fenced
 by the delivery token) with their results (in the same step where the backend
 allows: ``ResultBackend.writes_for``), then the hooks' ``settled`` (the canvas
 callbacks). A retry goes to the broker's delayed store, a job whose process died
-back to the queue (or the dead letters). A threads-pool thread with nothing else
-to run settles its own outcome when the settler is idle: one hand-off less on an
-idle worker's round trip.
+back to the queue (or the dead letters). A task that raised ``Ignore`` is acked with
+no result and no callbacks; one that raised ``Reject`` goes back to its queue or to
+the dead letters (acks late; an acked message has nothing left to reject). A
+threads-pool thread with nothing else to run settles its own outcome when the
+settler is idle: one hand-off less on an idle worker's round trip.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from conveyor.exceptions import (
 from conveyor.hooks import Hooks
 from conveyor.result import encode_failure
 from conveyor.worker.holdings import Holdings
-from conveyor.worker.job import LOST, TERMINATED, TIMED_OUT, Job, Outcome
+from conveyor.worker.job import IGNORED, LOST, REJECTED, TERMINATED, TIMED_OUT, Job, Outcome
 from conveyor.worker.logs import task_extra
 
 if TYPE_CHECKING:
@@ -174,7 +176,7 @@ class Settler:
             return result
 
     def _settle(self, batch: list[tuple[Job, Outcome]]) -> None:
-        finished = [(j, o) for j, o in batch if o.state not in (LOST, states.RETRY)]
+        finished = [(j, o) for j, o in batch if o.state not in (LOST, states.RETRY, REJECTED)]
         # dead_letter_on_failure: a failure for good goes to the dead letters, not away
         dead = [
             j
@@ -201,6 +203,8 @@ class Settler:
                 logger.warning("%s finished after its lease was lost: result dropped", job.label)
                 continue
             self._log_end(job, outcome)
+            if outcome.state == IGNORED:
+                continue  # acknowledged: no result, no callbacks (as Celery)
             # (a result in ``stored`` was written with its ack)
             if (
                 outcome.payload is not None
@@ -217,6 +221,8 @@ class Settler:
         for job, outcome in batch:
             if outcome.state == LOST:
                 self._settle_lost(job, outcome)
+            elif outcome.state == REJECTED:
+                self._settle_rejected(job, outcome)
             elif outcome.state == states.RETRY:
                 self._settle_retry(job, outcome)
             elif outcome.state == states.REVOKED:
@@ -224,9 +230,9 @@ class Settler:
 
     @staticmethod
     def _log_end(job: Job, outcome: Outcome) -> None:
-        level = logging.INFO if outcome.state == states.SUCCESS else logging.ERROR
+        level = logging.INFO if outcome.state in (states.SUCCESS, IGNORED) else logging.ERROR
         if logger.isEnabledFor(level):
-            verb = "succeeded" if outcome.state == states.SUCCESS else "failed"
+            verb = {states.SUCCESS: "succeeded", IGNORED: "ended"}.get(outcome.state, "failed")
             extra = task_extra(job.message.task, job.message.id, runtime=outcome.runtime)
             logger.log(
                 level,
@@ -291,6 +297,37 @@ class Settler:
             outgoing = OutgoingMessage(msg.id, msg.queue, body, msg.priority, eta)
             self.through_outage("retry", lambda: self.broker.publish(outgoing))
         logger.info("%s %s", job.label, outcome.summary, extra=task_extra(msg.task, msg.id))
+
+    def _settle_rejected(self, job: Job, outcome: Outcome) -> None:
+        """A task that raised ``Reject``: its message back to the queue (the attempt
+        counts: past ``broker_max_deliveries`` it is dead-lettered) or to the dead
+        letters with the reason. No result is stored, no callbacks are sent."""
+        if not job.acks_late or job.acked:
+            logger.warning(
+                "%s %s; but it was acknowledged when it started (acks early): dropped",
+                job.label,
+                outcome.summary,
+            )
+            return
+        extra = task_extra(job.message.task, job.message.id)
+        if outcome.requeue:
+            disposition = self.through_outage("requeue", lambda: self.broker.requeue(job.delivery))
+            if disposition is Disposition.REQUEUED:
+                logger.info("%s %s", job.label, outcome.summary, extra=extra)
+            elif disposition is Disposition.DEAD:
+                logger.error(
+                    "%s %s; dead-lettered after %d deliveries",
+                    job.label,
+                    outcome.summary,
+                    job.delivery.deliveries,
+                    extra=extra,
+                )
+            return
+        reason = outcome.summary
+        if self.through_outage(
+            "dead-lettering", lambda: self.broker.dead_letter(job.delivery, reason)
+        ):
+            logger.error("%s %s", job.label, reason, extra=extra)
 
     def _pseudo_outcome(self, job: Job, outcome: Outcome) -> Outcome:
         """What a pool's own verdict (TIMED_OUT, TERMINATED) is stored as."""

@@ -126,18 +126,17 @@ def log_result(value: Any) -> Any:
 
 
 @app.task
-def log_error(request: Any, exc: Any, traceback: Any) -> list[Any]:
-    """The guide's errback, by its parameters: conveyor calls it with ``(task_id,
-    exc_type, message)`` (see docs/canvas.md); records an ``errback`` event."""
-    _record("start")
-    _record("errback", str(request))
-    return [request, exc, traceback]
+def log_error(request: Any, exc: Any, traceback: Any) -> None:
+    """The guide's errback: the worker calls it as Celery does, where the failed task
+    ran, with its request, exception and traceback; records an ``errback`` event under
+    the failed task's id."""
+    _record("errback", request.id)
 
 
 @app.task
 def on_chord_error(request: Any, exc: Any, traceback: Any) -> None:
-    _record("start")
-    _record("errback", str(request))
+    """The guide's chord errback: called with a request of the chord's body."""
+    _record("errback", request.id)
 
 
 @app.task
