@@ -174,9 +174,11 @@ def test_a_waiting_fetch_returns_a_delayed_message_sent_during_the_wait_when_it_
     returned = time.monotonic()
     timer.join()
 
-    # Then the wait ends when it is due, not when the wait would have timed out
+    # Then the wait ends when it is due, not when the wait would have timed out (which
+    # would be 2.6 s late). Room: Redis ends a BLPOP on its 100 ms timer tick, and the
+    # suite runs two tests at once on two cores (0.30 s was seen once in a full run).
     assert ids(got) == ["again"]
-    assert -0.01 <= returned - sent_due[0] < 0.25
+    assert -0.01 <= returned - sent_due[0] < 0.5
 
 
 def test_delayed_message_is_fetched_only_when_due(broker: Broker) -> None:
