@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from conveyor.canvas import eager
 from conveyor.canvas.keys import GROUP_ID, GROUP_INDEX
@@ -57,6 +57,17 @@ class _Tasks(Signature):
 
     def _members(self) -> list[Signature]:
         return list(self.tasks)
+
+    def _normalise(self) -> None:
+        """Put the members in the shape they are sent in (see each primitive)."""
+
+    def _prepared(self, app: Conveyor) -> Self:
+        """A copy bound to ``app``, normalised: what is sent or run, never ``self``."""
+        prepared = self.clone()
+        assert isinstance(prepared, type(self))
+        prepared._bind(app)
+        prepared._normalise()
+        return prepared
 
 
 @Signature.register_type("chain")
@@ -117,13 +128,6 @@ class chain(_Tasks):
                 break
             steps.append(task)
         self.kwargs["tasks"] = steps
-
-    def _prepared(self, app: Conveyor) -> chain:
-        prepared = self.clone()
-        assert isinstance(prepared, chain)
-        prepared._bind(app)
-        prepared._normalise()
-        return prepared
 
     def _freeze(self, parent: Result | None) -> Result:
         self._normalise()
@@ -261,13 +265,6 @@ class group(_Tasks):
                     member.options.setdefault(key, value)
                 flat.append(member)
         self.kwargs["tasks"] = flat
-
-    def _prepared(self, app: Conveyor) -> group:
-        prepared = self.clone()
-        assert isinstance(prepared, group)
-        prepared._bind(app)
-        prepared._normalise()
-        return prepared
 
     def _freeze(self, parent: Result | None) -> Result:
         self._normalise()
