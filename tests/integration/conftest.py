@@ -25,6 +25,7 @@ from apps import tasks
 from harness import (
     APP,
     BeatProcess,
+    ExampleProcess,
     RunCli,
     StartBeat,
     StartWorker,
@@ -190,3 +191,14 @@ def conveyor_cli(app: Conveyor) -> RunCli:
         return run_conveyor(*args, env=dict(os.environ), app=app)
 
     return run
+
+
+@pytest.fixture
+def example_processes() -> Iterator[list[ExampleProcess]]:
+    """The processes of an example a test starts (append them), killed at teardown, their
+    output shown if the test failed."""
+    started: list[ExampleProcess] = []
+    yield started
+    for process in started:
+        process.cleanup()
+        print(f"----- {' '.join(map(str, process.proc.args[1:5]))} -----\n{process.output()}")

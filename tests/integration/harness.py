@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -204,3 +205,58 @@ def queue_stats(broker: Broker, queue: str = "celery") -> QueueStats:
     """The counts of one queue."""
     [stats] = broker.stats([queue])
     return stats
+
+
+class ExampleProcess:
+    """One process of an example project (a web server, its worker), started from the
+    example's folder as its README says, its output in a file; the leader of its own
+    process group, so that ``cleanup`` takes a worker's pool too."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path):
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed by cleanup()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """The first match of ``pattern`` in the output, once it appears."""
+
+        def seen() -> re.Match[str] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited with {self.proc.returncode}:\n{self.output()}")
+            return re.search(pattern, self.output())
+
+        return wait_until(seen, timeout, repr(pattern))
+
+    def processes(self) -> list[int]:
+        """This process and its children (a worker's prefork pool), from /proc."""
+        pids = [self.proc.pid]
+        for children in Path(f"/proc/{self.proc.pid}/task").glob("*/children"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                pids += [int(pid) for pid in children.read_text().split()]
+        return pids
+
+    def stop(self) -> int:
+        """SIGTERM, as a process manager stops it; the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 30 s after SIGTERM:\n{self.output()}") from None
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._log.close()

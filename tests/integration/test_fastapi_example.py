@@ -4,67 +4,25 @@ redis-server; HTTP requests to the server."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import pytest
-from harness import BANNER_END, wait_until
+from harness import BANNER_END, ExampleProcess, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fastapi_app"
 
 
-class Service:
-    """One process of the example, started from its folder, its output in a file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=EXAMPLE,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the worker's pool goes too
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-        def seen() -> re.Match[str] | None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited with {self.proc.returncode}:\n{self.output()}")
-            return re.search(pattern, self.output())
-
-        return wait_until(seen, timeout, repr(pattern))
-
-    def stop(self) -> int:
-        """SIGTERM, as a process manager stops it; the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running 30 s after SIGTERM:\n{self.output()}") from None
-
-    def cleanup(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        self._log.close()
+def Example(argv: list[str], env: dict[str, str], log_path: Path) -> ExampleProcess:
+    """A process of this example, started from its folder."""
+    return ExampleProcess(argv, env, log_path, EXAMPLE)
 
 
 class Client:
@@ -84,31 +42,21 @@ class Client:
             return response.status, json.loads(response.read())
 
 
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[list[Service]]:
-    """The processes a test starts, killed at teardown (their output shown on failure)."""
-    started: list[Service] = []
-    yield started
-    for service in started:
-        service.cleanup()
-        print(f"----- {' '.join(service.proc.args[2:4])} -----\n{service.output()}")
-
-
 def test_the_fastapi_example_sends_tasks_and_awaits_their_results(
-    redis_url: str, tmp_path: Path, services: list[Service]
+    redis_url: str, tmp_path: Path, example_processes: list[ExampleProcess]
 ) -> None:
     # Given the README's two commands, run from the example's folder with the broker set
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
     env["CONVEYOR_BROKER_URL"] = redis_url
     worker_argv = [sys.executable, "-m", "conveyor", "-A", "tasks", "worker", "--loglevel=info"]
-    worker = Service([*worker_argv, "-P", "threads", "-c", "4"], env, tmp_path / "worker.log")
-    services.append(worker)
-    web = Service(
+    worker = Example([*worker_argv, "-P", "threads", "-c", "4"], env, tmp_path / "worker.log")
+    example_processes.append(worker)
+    web = Example(
         [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", "0"],
         env,
         tmp_path / "uvicorn.log",
     )
-    services.append(web)
+    example_processes.append(web)
     worker.wait_for(re.escape(BANNER_END))
     port = web.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)").group(1)
     web.wait_for("Application startup complete")

@@ -295,6 +295,19 @@ def test_get_raises_the_tasks_exception(backend: ResultBackend) -> None:
         AsyncResult("t-bad", backend=backend).get(timeout=1)
 
 
+def test_wait_is_gets_older_name(backend: ResultBackend) -> None:
+    # Given a stored success and a stored failure (Flask's older guide calls wait())
+    store(backend, "t-ok", states.SUCCESS, encode_success("p.t", 65))
+    store(backend, "t-bad", states.FAILURE, encode_failure("p.t", raised(ValueError("nope"))))
+
+    # Then wait() returns the value, raises the exception, or returns it, as get() does
+    assert AsyncResult("t-ok", backend=backend).wait(timeout=1) == 65
+    with pytest.raises(ValueError, match="nope"):
+        AsyncResult("t-bad", backend=backend).wait(timeout=1)
+    assert isinstance(AsyncResult("t-bad", backend=backend).wait(propagate=False), ValueError)
+    assert EagerResult("e", states.SUCCESS, encode_success("p.t", 1)).wait() == 1
+
+
 def test_get_without_propagate_returns_the_exception(backend: ResultBackend) -> None:
     # Given a stored failure
     store(backend, "t-bad", states.FAILURE, encode_failure("p.t", raised(ValueError("nope"))))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from conveyor import signals
+from conveyor.contrib import django as django_fixup
 from conveyor.worker.logs import FORMATS, LEVELS, setup_logging
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ def load_app(ref: _AppRef, loglevel: str, log_format: str | None) -> tuple[Any, 
     may log) and again once the app's setting is known."""
     setup_logging(loglevel, log_format or "text")
     app = ref.load()
+    # Celery's Django fix-up, on when the app's import set DJANGO_SETTINGS_MODULE
+    # (a project's proj/celery.py does): Django is set up before the task modules.
+    django_fixup.fixup(app)
     app.import_modules()
     log_format = log_format or app.conf.worker_log_format
     if signals.setup_logging.has_receivers():

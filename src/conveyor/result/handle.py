@@ -270,6 +270,16 @@ class AsyncResult(Generic[R]):
             record = self.backend.wait(self.id, timeout, just_sent=just_sent)
         return self._outcome(record, timeout, propagate)  # type: ignore[no-any-return]
 
+    def wait(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        disable_sync_subtasks: bool = True,
+        **_ignored: Any,
+    ) -> R:
+        """``get``, by its older name, which Celery keeps (Flask's guide calls it)."""
+        return self.get(timeout, propagate, disable_sync_subtasks, **_ignored)
+
     async def aget(
         self,
         timeout: float | None = None,
