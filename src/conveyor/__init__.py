@@ -32,7 +32,7 @@ from conveyor.exceptions import (
     TimeLimitExceeded,
     TimeoutError,
 )
-from conveyor.queues import Queue
+from conveyor.queues import Exchange, Queue
 from conveyor.result import AsyncResult, EagerResult, GroupResult
 from conveyor.task import Request, Task, shared_task
 
@@ -48,6 +48,7 @@ __all__ = [
     "DecodeError",
     "EagerResult",
     "EncodeError",
+    "Exchange",
     "GroupResult",
     "Ignore",
     "MaxRetriesExceededError",

@@ -45,6 +45,38 @@ AMQP_OPTIONS: Final = frozenset(
 )
 
 
+class Exchange:
+    """An exchange, as kombu's ``Exchange`` names one for a ``Queue``: its name and type.
+
+    conveyor's brokers have queues and no exchanges: an exchange only says which
+    declared queues a routing key can reach (``direct``, ``topic``, ``fanout``), so
+    that Celery's routing configurations load as written. AMQP options (``durable``,
+    ``delivery_mode``...) are accepted and have no effect.
+    """
+
+    __slots__ = ("name", "options", "type")
+
+    def __init__(self, name: str = "", type: str = "direct", **options: Any) -> None:
+        if type not in EXCHANGE_TYPES:
+            raise ValueError(
+                f"exchange {name!r}: type {type!r} is not one of {', '.join(EXCHANGE_TYPES)}"
+            )
+        self.name = name
+        self.type = type
+        self.options = options
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Exchange):
+            return NotImplemented
+        return (self.name, self.type) == (other.name, other.type)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.type))
+
+    def __repr__(self) -> str:
+        return f"Exchange({self.name!r}, type={self.type!r})"
+
+
 class Queue:
     """A queue, as Celery (kombu) declares one in ``task_queues``.
 

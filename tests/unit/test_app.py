@@ -112,6 +112,7 @@ def test_the_public_api_is_exactly_this() -> None:
         "DecodeError",
         "EagerResult",
         "EncodeError",
+        "Exchange",
         "GroupResult",
         "Ignore",
         "MaxRetriesExceededError",

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor, Queue
+from conveyor import ConfigurationError, Conveyor, Exchange, Queue
 from conveyor.brokers.base import Delivery
 from conveyor.config import Settings
 from conveyor.queues import Queues, as_queues
@@ -337,3 +337,14 @@ def test_queues_object_is_usable_alone() -> None:
     assert "b" not in queues
     assert queues.destination({}, {"routing_key": "x"}) == "a"
     assert as_queues(("a", "b")) == (Queue("a"), Queue("b"))
+
+
+def test_an_exchange_names_the_bindings_of_its_queues_and_refuses_unknown_types() -> None:
+    media = Exchange("media", type="direct", durable=True)
+    video = Queue("videos", media, routing_key="media.video")
+    assert (video.exchange, video.exchange_type) == ("media", "direct")
+    assert video.matches("media.video")
+    assert not video.matches("media.image")
+    assert Exchange("media") == media
+    with pytest.raises(ValueError, match="headers"):
+        Exchange("x", type="headers")
