@@ -96,6 +96,19 @@ def test_fetch_orders_by_priority_then_publish_order_across_queues(broker: Broke
     assert ids(take(broker, ["c"])) == ["c9"]
 
 
+def test_every_delivery_of_one_fetch_has_its_own_token_across_queues(broker: Broker) -> None:
+    # Given the first message of each of three queues (numbered alike within each queue)
+    broker.publish_many([msg("a", queue="q1"), msg("b", queue="q2"), msg("c", queue="q3")])
+
+    # When one fetch takes them all
+    got = take(broker, ["q1", "q2", "q3"])
+
+    # Then no two share a token, and each token settles its own message only
+    assert len({d.token for d in got}) == 3
+    assert broker.ack(got[:1]) == [True]
+    assert [s.in_flight for s in broker.stats(["q1", "q2", "q3"])] == [0, 1, 1]
+
+
 def test_fetch_returns_at_most_limit_messages(broker: Broker) -> None:
     broker.publish_many([msg(f"m{i}") for i in range(5)])
 

@@ -26,7 +26,8 @@ runs on one Cluster slot; every key a script touches is passed in KEYS.
 
 ``P`` is the prefix (default ``conveyor``). A member is the message's sequence
 number in its queue, zero-padded to 12 digits so equal scores sort FIFO. A
-delivery's token is ``member.fetches.nonce``, the nonce fresh for every fetch call:
+delivery's token is ``member.fetches.nonce`` (the nonce fresh for every fetch call, and
+followed by the queue's position in it, members being numbered per queue):
 unique per delivery, even after Redis lost data and reused a member, and it names
 the member, so every settle call finds its record without a lookup. A record keeps
 the token and outcome of its last settle (``lt``, ``lo``): a call retried after a

@@ -2,7 +2,8 @@
 -- KEYS: 8 per queue, in the consumer's order: ready, delayed, inflight, msg, wake, dead,
 --       deadids, ids; then the revoked set (see revoke.lua)
 -- ARGV: 1 number of queues, 2 limit, 3 consumer, 4 lease_us, 5 the call's nonce (part of
---       every token it hands out, so tokens never repeat, even after Redis lost data),
+--       every token it hands out, with the queue's position, so tokens never repeat,
+--       across queues too, even after Redis lost data),
 --       6 history length
 -- Returns: {n, wait_us, then n groups of 7: queue index (0-based), id, body, priority,
 --           token, deliveries, revoked (0|1: revoked and not expired, looked up here
@@ -83,7 +84,9 @@ for _, q in ipairs(order) do
       st.dl = st.dl + 1
       -- n counts every fetch and never goes down (release undoes dl)
       st.n = st.n + 1
-      st.tok = member .. '.' .. st.n .. '.' .. nonce
+      -- members are numbered per queue: the queue's position keeps tokens of one
+      -- call apart across queues
+      st.tok = member .. '.' .. st.n .. '.' .. nonce .. q
       st.con = consumer
       local hist = st.hist
       hist[#hist + 1] = {consumer, now}
