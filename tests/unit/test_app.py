@@ -36,26 +36,6 @@ def _no_conveyor_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def make_app() -> Iterator[Callable[..., Conveyor]]:
-    """Apps on their own ``memory://`` broker, closed after the test."""
-    apps: list[Conveyor] = []
-
-    def make(**settings: Any) -> Conveyor:
-        app = Conveyor("unit", broker=f"memory://unit-app-{uuid.uuid4().hex}", **settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
-
-
-@pytest.fixture
-def app(make_app: Callable[..., Conveyor]) -> Conveyor:
-    return make_app()
-
-
-@pytest.fixture
 def write_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteModules]:
     """Write importable modules (``{"pkg/mod.py": source}``) into tmp_path; forget them after."""
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,21 +16,6 @@ from conveyor.config import Settings
 from conveyor.queues import Queues, as_queues
 
 MakeApp = Callable[..., Conveyor]
-
-
-@pytest.fixture
-def make_app() -> Iterator[MakeApp]:
-    """Apps on their own ``memory://`` broker, closed after the test."""
-    apps: list[Conveyor] = []
-
-    def make(**settings: Any) -> Conveyor:
-        app = Conveyor("queues", broker=f"memory://queues-{uuid.uuid4().hex}", **settings)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
 
 
 def queued(app: Conveyor, queue: str) -> list[Delivery]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +18,6 @@ from conveyor.exceptions import ConfigurationError, ExceptionInfo
 from conveyor.message import decode
 from conveyor.task import Request, request_context
 from conveyor.testing import start_worker
-
-
-@pytest.fixture
-def make_app() -> Iterator[Callable[..., Conveyor]]:
-    apps: list[Conveyor] = []
-
-    def make(**options: Any) -> Conveyor:
-        app = Conveyor("unit", broker=f"memory://unit-classes-{uuid.uuid4().hex}", **options)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
-
-
-@pytest.fixture
-def app(make_app: Callable[..., Conveyor]) -> Conveyor:
-    return make_app()
 
 
 class Recorder(Task):

@@ -10,8 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,6 @@ from conveyor.testing import start_worker
 from conveyor.utils.log import get_task_logger
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def make_app() -> Iterator[Callable[..., Conveyor]]:
-    apps: list[Conveyor] = []
-
-    def make(**options: Any) -> Conveyor:
-        app = Conveyor("unit", broker=f"memory://unit-features-{uuid.uuid4().hex}", **options)
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        app.close()
-    current.set_default_app(None)
-
-
-@pytest.fixture
-def app(make_app: Callable[..., Conveyor]) -> Conveyor:
-    return make_app()
 
 
 # -- update_state ------------------------------------------------------------------------------
