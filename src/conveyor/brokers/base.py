@@ -30,7 +30,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conveyor.config import redact_url
 
@@ -105,6 +105,10 @@ class QueueStats:
     delayed: int = 0
     in_flight: int = 0
     dead: int = 0
+    #: When the oldest ready message became ready (UNIX time; None: nothing ready).
+    #: Its age is the queue's latency: how long the next fetch's message has waited.
+    #: A time, not a count: left out of ``==``, so that stats compare by their counts.
+    oldest_ready_at: float | None = field(default=None, compare=False)
 
 
 class Disposition(enum.Enum):
@@ -123,6 +127,14 @@ class Reclaimed:
     queue: str
     disposition: Disposition
     deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One entry of a capped stream: its cursor (opaque, increasing) and body."""
+
+    id: str
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -387,6 +399,63 @@ class Broker(ABC):
         expiry. ``value=None`` only reads. Atomic across processes: of concurrent
         advances, each is answered the value left by the one before it. For beat's
         last-run times."""
+
+    # -- monitoring: worker registry, streams, counters ------------------------------
+    #
+    # What operators see (``conveyor inspect``, events, Prometheus, the dashboard) is
+    # kept here, in the broker, so that any number of readers agree and a reader's
+    # restart loses nothing. None of it is on a task's hot path.
+
+    @abstractmethod
+    def worker_beat(self, name: str, info: bytes, ttl: float) -> None:
+        """Record worker ``name`` as alive with ``info`` (an opaque body) for ``ttl``
+        seconds from now; a later beat replaces both."""
+
+    @abstractmethod
+    def worker_gone(self, name: str) -> None:
+        """Forget worker ``name`` at once (a worker that stops cleanly)."""
+
+    @abstractmethod
+    def workers(self) -> dict[str, bytes]:
+        """The info of every worker whose last beat has not expired, by name."""
+
+    @abstractmethod
+    def stream_add(
+        self, stream: str, bodies: Sequence[bytes], maxlen: int, ttl: float | None = None
+    ) -> None:
+        """Append ``bodies`` to the capped stream ``stream``, in order, in one round
+        trip; entries beyond the newest ``maxlen`` are dropped. With ``ttl`` the whole
+        stream is deleted ``ttl`` seconds after its last append (a reply stream)."""
+
+    @abstractmethod
+    def stream_read(
+        self, stream: str, after: str, timeout: float = 0.0, count: int = 1000
+    ) -> list[StreamEntry]:
+        """At most ``count`` entries newer than cursor ``after``, oldest first
+        (``"0"``: from the oldest kept); when there are none, waits up to ``timeout``
+        seconds for the first to arrive. Never blocks longer than ``timeout``."""
+
+    @abstractmethod
+    def stream_last(self, stream: str) -> str:
+        """The cursor of the newest entry (``"0"`` when empty): reading after it gives
+        only entries added from now on."""
+
+    @abstractmethod
+    def stream_tail(self, stream: str, count: int) -> list[StreamEntry]:
+        """The newest ``count`` entries, oldest first."""
+
+    @abstractmethod
+    def counters_add(self, deltas: Mapping[str, float]) -> None:
+        """Add each delta to its named counter (created at 0), atomically and in one
+        round trip. Counters are kept until ``counters_reset``."""
+
+    @abstractmethod
+    def counters(self, prefix: str = "") -> dict[str, float]:
+        """Every counter whose name starts with ``prefix``, by name."""
+
+    @abstractmethod
+    def counters_reset(self) -> None:
+        """Delete every counter."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The broker must not be used afterwards."""

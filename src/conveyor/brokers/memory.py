@@ -7,8 +7,8 @@ import itertools
 import secrets
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.brokers.base import (
@@ -21,6 +21,7 @@ from conveyor.brokers.base import (
     OutgoingMessage,
     QueueStats,
     Reclaimed,
+    StreamEntry,
     check_finite,
     check_positive,
     check_priority,
@@ -46,6 +47,12 @@ class _Message:
     history: list[DeliveryRecord] = field(default_factory=list)
     token: str = ""
     lease_until: float = 0.0
+
+
+@dataclass(slots=True)
+class _Stream:
+    entries: deque[tuple[int, bytes]] = field(default_factory=deque)
+    expires: float | None = None  # now() time; None: kept
 
 
 _Entry = tuple[int, float, int, _Message]  # heap order: priority desc, then due_at, then seq
@@ -78,6 +85,15 @@ class MemoryBroker(Broker):
         self._grants: dict[tuple[str, str], float] = {}  # (key, request) -> expires
         self._marks: dict[str, tuple[float, float]] = {}  # key -> (value, expires)
         self._next_sweep = 0.0
+        # Monitoring: worker beats, streams and counters, under their own condition.
+        self._mon = threading.Condition()
+        self._workers: dict[str, tuple[bytes, float]] = {}  # name -> (info, expires)
+        self._streams: dict[str, _Stream] = {}
+        # One sequence for every stream: a cursor never repeats, even in a stream
+        # that expired and was made again.
+        self._stream_seq = itertools.count(1)
+        self._counters: dict[str, float] = {}
+        self._next_stream_sweep = 0.0
 
     # -- internal moves (the caller holds the lock) ---------------------------
 
@@ -313,8 +329,11 @@ class MemoryBroker(Broker):
         with self._cond:
             self._promote(now())  # a due delayed message counts as ready
             counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+            oldest: dict[str, float] = {}
             for queue, heap in self._ready.items():
                 counts[queue][0] += len(heap)
+                if heap:  # the heads of the priority bands are not all at the top
+                    oldest[queue] = min(entry[1] for entry in heap)
             for _, _, message in self._delayed:
                 counts[message.queue][1] += 1
             for message in self._inflight.values():
@@ -322,7 +341,11 @@ class MemoryBroker(Broker):
             for dead in self._dead:
                 counts[dead.queue][3] += 1
         names = sorted(counts) if queues is None else dict.fromkeys(queues)
-        return [QueueStats(q, *counts.get(q, ())) for q in names]
+        out = []
+        for q in names:
+            ready, delayed, in_flight, n_dead = counts.get(q, (0, 0, 0, 0))
+            out.append(QueueStats(q, ready, delayed, in_flight, n_dead, oldest.get(q)))
+        return out
 
     def purge(self, queue: str) -> int:
         with self._cond:
@@ -465,3 +488,100 @@ class MemoryBroker(Broker):
             if value is not None and (previous is None or value > previous):
                 self._marks[key] = (value, t + ttl)
             return previous
+
+    # -- monitoring --------------------------------------------------------------
+
+    def worker_beat(self, name: str, info: bytes, ttl: float) -> None:
+        check_positive("ttl", ttl)
+        with self._mon:
+            self._workers[name] = (bytes(info), now() + ttl)
+
+    def worker_gone(self, name: str) -> None:
+        with self._mon:
+            self._workers.pop(name, None)
+
+    def workers(self) -> dict[str, bytes]:
+        with self._mon:
+            t = now()
+            self._workers = {n: w for n, w in self._workers.items() if w[1] > t}
+            return {n: info for n, (info, _) in self._workers.items()}
+
+    def _stream(self, stream: str, t: float) -> _Stream | None:
+        """The live stream ``stream`` (an expired one is deleted; lock held)."""
+        found = self._streams.get(stream)
+        if found is not None and found.expires is not None and found.expires <= t:
+            del self._streams[stream]
+            return None
+        return found
+
+    def stream_add(
+        self, stream: str, bodies: Sequence[bytes], maxlen: int, ttl: float | None = None
+    ) -> None:
+        check_positive("maxlen", maxlen)
+        if ttl is not None:
+            check_positive("ttl", ttl)
+        with self._mon:
+            t = now()
+            self._sweep_streams(t)
+            found = self._stream(stream, t) or self._streams.setdefault(stream, _Stream())
+            found.entries.extend((next(self._stream_seq), bytes(body)) for body in bodies)
+            while len(found.entries) > maxlen:
+                found.entries.popleft()
+            if ttl is not None:
+                found.expires = t + ttl
+            self._mon.notify_all()
+
+    def _sweep_streams(self, t: float) -> None:
+        """Delete expired streams (reply streams nobody reads), at most every
+        ``SWEEP_SECONDS`` (lock held)."""
+        if t >= self._next_stream_sweep:
+            self._next_stream_sweep = t + SWEEP_SECONDS
+            for name in list(self._streams):
+                self._stream(name, t)
+
+    def stream_read(
+        self, stream: str, after: str, timeout: float = 0.0, count: int = 1000
+    ) -> list[StreamEntry]:
+        check_positive("count", count)
+        if not (after.isascii() and after.isdigit()):
+            raise ValueError(f"not a stream cursor: {after!r}")
+        cursor = int(after)
+        deadline = time.monotonic() + timeout
+        with self._mon:
+            while True:
+                found = self._stream(stream, now())
+                if found is not None and found.entries and found.entries[-1][0] > cursor:
+                    newer = (e for e in found.entries if e[0] > cursor)
+                    return [StreamEntry(str(s), b) for s, b in itertools.islice(newer, count)]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._mon.wait(remaining)
+
+    def stream_last(self, stream: str) -> str:
+        with self._mon:
+            found = self._stream(stream, now())
+            return str(found.entries[-1][0]) if found is not None and found.entries else "0"
+
+    def stream_tail(self, stream: str, count: int) -> list[StreamEntry]:
+        with self._mon:
+            found = self._stream(stream, now())
+            if found is None or count <= 0:
+                return []
+            tail = list(found.entries)[-count:]
+        return [StreamEntry(str(s), b) for s, b in tail]
+
+    def counters_add(self, deltas: Mapping[str, float]) -> None:
+        for delta in deltas.values():
+            check_finite("delta", delta)
+        with self._mon:
+            for name, delta in deltas.items():
+                self._counters[name] = self._counters.get(name, 0.0) + delta
+
+    def counters(self, prefix: str = "") -> dict[str, float]:
+        with self._mon:
+            return {n: v for n, v in self._counters.items() if n.startswith(prefix)}
+
+    def counters_reset(self) -> None:
+        with self._mon:
+            self._counters.clear()

@@ -24,6 +24,8 @@ from conveyor.brokers.base import (
     gcra,
     now,
 )
+from conveyor.brokers.sqlite_monitoring import SCHEMA as MONITORING_SCHEMA
+from conveyor.brokers.sqlite_monitoring import SqliteMonitoring
 from conveyor.exceptions import BrokerUnavailable
 from conveyor.storage.sqlite import Database, RowWrite
 
@@ -125,6 +127,7 @@ CREATE TABLE IF NOT EXISTS conveyor_marks (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS conveyor_marks_expiry ON conveyor_marks (expires_at);
 """
+SCHEMA += MONITORING_SCHEMA
 # Each coordination table, with its expiry column.
 _EXPIRY_COLUMNS = {
     "conveyor_revoked": "expires_at",
@@ -210,7 +213,7 @@ def _lost(conn: sqlite3.Connection, tokens: Sequence[str]) -> set[str]:
     return found
 
 
-class SqliteBroker(Broker):
+class SqliteBroker(SqliteMonitoring, Broker):
     """A broker in one SQLite file (WAL), safe for several processes and threads.
 
     Args:
@@ -529,21 +532,29 @@ class SqliteBroker(Broker):
             where, params = f"WHERE queue IN ({_marks(len(names))})", names
         t = now()
         counts: dict[str, list[int]] = {}
+        oldest: dict[str, float] = {}
         with self._db.snapshot() as conn:
-            # A due delayed message is ready: it is only waiting for a fetch to promote it.
-            for queue, *row in conn.execute(
-                "SELECT queue, sum(state = 'ready' OR (state = 'delayed' AND due_at <= ?)),"
-                " sum(state = 'delayed' AND due_at > ?), sum(state = 'inflight')"
-                f" FROM conveyor_messages {where} GROUP BY queue",
-                [t, t, *params],
+            # A due delayed message is ready: it is only waiting for a fetch to promote it,
+            # and its due time is when it became ready.
+            for queue, ready, delayed, in_flight, first in conn.execute(
+                "SELECT queue, sum(state = 'ready' OR (state = 'delayed' AND due_at <= ?1)),"
+                " sum(state = 'delayed' AND due_at > ?1), sum(state = 'inflight'),"
+                " min(CASE WHEN state = 'ready' OR (state = 'delayed' AND due_at <= ?1)"
+                "     THEN due_at END)"
+                f" FROM conveyor_messages {where} GROUP BY queue",  # its ? are numbered 2...
+                [t, *params],
             ):
-                counts[queue] = [*row, 0]
+                counts[queue] = [ready, delayed, in_flight, 0]
+                if first is not None:
+                    oldest[queue] = first
             sql = f"SELECT queue, count(*) FROM conveyor_dead_letters {where} GROUP BY queue"
             for queue, dead in conn.execute(sql, params):
                 counts.setdefault(queue, [0, 0, 0, 0])[3] = dead
-        return [
-            QueueStats(q, *counts.get(q, ())) for q in (sorted(counts) if names is None else names)
-        ]
+        out = []
+        for q in sorted(counts) if names is None else names:
+            ready, delayed, in_flight, dead = counts.get(q, (0, 0, 0, 0))
+            out.append(QueueStats(q, ready, delayed, in_flight, dead, oldest.get(q)))
+        return out
 
     def purge(self, queue: str) -> int:
         with self._db.transaction() as conn:

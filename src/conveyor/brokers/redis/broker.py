@@ -43,6 +43,7 @@ from conveyor.brokers.base import (
 from conveyor.brokers.redis.coordination import RedisCoordination
 from conveyor.brokers.redis.keys import QueueKeys, queue_keys, queues_key, revoked_key, stall_key
 from conveyor.brokers.redis.lua import Scripts
+from conveyor.brokers.redis.monitoring import RedisMonitoring
 from conveyor.brokers.redis.server import server_warnings
 from conveyor.exceptions import BrokerUnavailable
 from conveyor.storage.redis import KeyWrite, RedisConnection, as_str
@@ -71,7 +72,7 @@ def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
 
 
-class RedisBroker(RedisCoordination, Broker):
+class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
     """A broker on Redis (``redis://``, ``rediss://``, ``unix://``).
 
     Args:
@@ -461,22 +462,18 @@ class RedisBroker(RedisCoordination, Broker):
 
     def stats(self, queues: Iterable[str] | None = None) -> list[QueueStats]:
         names = list(queues) if queues is not None else self._known_queues()
-
-        def call(client: redis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                k = self._keys(name)
-                for key in (k.ready, k.delayed, k.inflight, k.dead):
-                    pipe.zcard(key)
-            return pipe.execute()
-
-        counts = self._call(call)
+        calls: list[tuple[Sequence[str], Sequence[Any]]] = []
+        for name in names:
+            k = self._keys(name)
+            calls.append(([k.ready, k.delayed, k.inflight, k.dead], []))
+        replies = self._call(lambda _: self._scripts.run_many("stats", calls)) if calls else []
         out = []
-        for i, name in enumerate(names):
-            ready, delayed, in_flight, dead = (int(c) for c in counts[i * 4 : i * 4 + 4])
+        for name, reply in zip(names, replies, strict=True):
+            ready, delayed, in_flight, dead = (int(c) for c in reply[:4])
             if queues is None and not (ready or delayed or in_flight or dead):
                 continue
-            out.append(QueueStats(name, ready, delayed, in_flight, dead))
+            oldest = None if reply[4] is None else int(as_str(reply[4])) / 1e6
+            out.append(QueueStats(name, ready, delayed, in_flight, dead, oldest))
         return out
 
     def purge(self, queue: str) -> int:

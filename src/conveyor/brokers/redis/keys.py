@@ -23,6 +23,9 @@ runs on one Cluster slot; every key a script touches is passed in KEYS.
 | `P:claim:<key>` | string | the owner of the claim (PX: the claim's ttl) |
 | `P:tally:<key>` | set | the members counted under the key (PX: ttl from its last addition) |
 | `P:mark:<key>` | string | a mark (`Broker.advance`): the highest value it was raised to, as a decimal string (PX: ttl from when it was last raised) |
+| `P:workers` | hash | worker name -> `<expiry in ms>:<info>` of its last beat (each field until its expiry: reading the registry deletes the expired; the key expires with its longest-lived beat) |
+| `P:stream:<name>` | stream | entries with one field `b`, the body; capped to the newest `maxlen` at every append (kept; PX: ttl from the last append when added to with a ttl, as reply streams are) |
+| `P:counters` | hash | counter name -> value, a decimal string (HINCRBYFLOAT; kept until `counters_reset`) |
 
 ``P`` is the prefix (default ``conveyor``). A member is the message's sequence
 number in its queue, zero-padded to 12 digits so equal scores sort FIFO. A
@@ -40,6 +43,12 @@ touches exactly one key, so on Redis Cluster they need no hash tag (braces in a
 caller's key only choose that key's slot). Expiries are kept by the Redis server's
 clock (``TIME`` in the scripts, ``PX``), so the clocks of the machines calling
 them do not matter. Every key carries a TTL and is gone once its records expire.
+
+The monitoring keys (``Broker.worker_beat`` to ``Broker.counters_reset``) are read by
+``conveyor inspect``, events, metrics and the dashboard. Each call touches one key
+(streams: ``<name>`` is the caller's stream name, ``control``, ``events``,
+``reply:<id>``), so they need no hash tag either. Stream cursors are Redis stream
+ids; a read with a timeout is an ``XREAD BLOCK`` of at most 5 s at a time.
 """
 
 from __future__ import annotations
@@ -121,3 +130,15 @@ def stall_key(prefix: str) -> str:
 
 def mark_key(prefix: str, key: str) -> str:
     return f"{prefix}:mark:{key}"
+
+
+def workers_key(prefix: str) -> str:
+    return f"{prefix}:workers"
+
+
+def stream_key(prefix: str, stream: str) -> str:
+    return f"{prefix}:stream:{stream}"
+
+
+def counters_key(prefix: str) -> str:
+    return f"{prefix}:counters"

@@ -31,6 +31,9 @@ NAMES = (
     "claim",
     "tally",
     "advance",
+    "workers",
+    "stream",
+    "stats",
 )
 
 
@@ -60,6 +63,21 @@ class Scripts:
         except NoScriptError:
             self._conn.execute("SCRIPT", "LOAD", self._sources[name])
             return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    def run_many(
+        self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Several calls of one script sent together (a pipeline: each call atomic by
+        itself, not all together); their replies. One round trip unless the server
+        has to be given the script first: then every call runs again, so only for
+        scripts that may run twice (reads)."""
+        sha = self._shas[name]
+        commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        try:
+            return self._conn.execute_many(commands)
+        except NoScriptError:
+            self._conn.execute("SCRIPT", "LOAD", self._sources[name])
+            return self._conn.execute_many(commands)
 
     def run_atomically(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
