@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers redis unit lock clean docs bench bench-quick bench-lock chaos
+.PHONY: demo test lint typecheck layers redis browser unit lock clean docs dashboard-screenshots bench bench-quick bench-lock chaos
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@./scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -29,12 +29,20 @@ docs: $(STAMP)
 	$(BIN)/python -c "from conveyor.config import render_markdown; print(render_markdown(), end='')" > docs/settings.md
 	$(BIN)/python -c "from conveyor.brokers.redis.docs import render_markdown; print(render_markdown(), end='')" > docs/redis.md
 
+# docs/images/dashboard-*.png: every page of the dashboard with real workers and data.
+dashboard-screenshots: $(STAMP) redis browser
+	$(BIN)/python tests/browser/screenshots.py
+
 # The tests start their own redis-server processes; this installs the binary if missing.
 redis:
 	@./scripts/ensure-redis.sh
 
+# The dashboard's tests drive a headless Chromium; this installs it (and its driver) if missing.
+browser:
+	@./scripts/ensure-chromium.sh
+
 # Two pytest workers: most tests wait on worker processes, not on the CPU.
-test: redis lint typecheck layers
+test: redis browser lint typecheck layers
 	$(BIN)/python -m pytest -q -n 2
 
 # The chaos suite's long run (docs/reliability.md): 100,000 tasks on Redis, 20,000 on SQLite,

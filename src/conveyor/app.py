@@ -23,6 +23,8 @@ from conveyor.backends.base import ResultBackend, ResultWrite
 from conveyor.brokers import connect_broker
 from conveyor.brokers.base import Broker, BrokerOptions, OutgoingMessage, check_priority
 from conveyor.config import Settings, import_object
+from conveyor.control import Control
+from conveyor.events import SentEvents
 from conveyor.exceptions import ConfigurationError, NotRegistered, TaskRevokedError
 from conveyor.hooks import Hooks
 from conveyor.result import AsyncResult, GroupResult, encode_failure
@@ -118,7 +120,7 @@ class Conveyor:
         self._discover: list[tuple[Callable[[], Iterable[str]] | None, str]] = []
         #: What extends every process of this app: Celery's signals first (see
         #: ``conveyor.hooks``); a worker adds its own around them.
-        self.hooks = Hooks([CelerySignals()])
+        self.hooks = Hooks([CelerySignals(), SentEvents()])
         #: Celery's app signals (sender: the app), sent once by ``finalize``.
         self.on_configure = Signal("on_configure")
         self.on_after_configure = Signal("on_after_configure", ("source",))
@@ -590,7 +592,8 @@ class Conveyor:
 
     @property
     def control(self) -> Control:
-        """Celery's ``app.control``: ``app.control.revoke(ids, terminate=False)``."""
+        """Celery's ``app.control``: ``inspect()``, ``ping()``, ``rate_limit()``,
+        ``revoke()``... (see ``conveyor.control``)."""
         return Control(self)
 
     # (last in the class: below it, ``Task`` in an annotation would name this property)
@@ -616,17 +619,6 @@ def _django_apps() -> list[str]:
     if not apps.ready:
         django.setup()
     return [config.name for config in apps.get_app_configs()]
-
-
-class Control:
-    """Celery's ``app.control``, for what conveyor keeps in the broker (revokes)."""
-
-    def __init__(self, app: Conveyor):
-        self.app = app
-
-    def revoke(self, task_id: str | list[str], terminate: bool = False, **_ignored: Any) -> None:
-        """See ``Conveyor.revoke``."""
-        self.app.revoke(task_id, terminate=terminate)
 
 
 #: Celery's name for the same class: ``from conveyor import Celery`` migrates an app.

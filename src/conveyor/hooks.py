@@ -7,7 +7,7 @@ canvas callbacks sent once a task is settled), and so are Celery's signals
 
     producer      before_publish -> (broker) -> after_publish
     worker        worker_init -> worker_ready ... worker_shutting_down -> worker_shutdown
-                  admit (may refuse or hold back) -> received -> (pool) -> finished -> settled
+                  admit (may refuse or hold back) -> received -> started -> finished -> settled
                   revoked (refused for good), rejected (undecodable), unknown (no such task)
     task process  process_init (a prefork child; the worker itself for other pools)
                   before_run -> (the task) -> after_run ... process_shutdown
@@ -78,6 +78,10 @@ class Hook:
 
     def received(self, job: Job, task: Task[..., Any]) -> None:
         """The job was admitted and is handed to the pool."""
+
+    def started(self, job: Job) -> None:
+        """The pool starts the job (hands it to a process or thread that runs it now);
+        called from the pool's own thread: keep it short, it must not block."""
 
     def revoked(self, job: Job, task: Task[..., Any], *, expired: bool, terminated: bool) -> None:
         """The job will not run (or was stopped): revoked, or expired."""

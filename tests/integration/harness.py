@@ -10,11 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
 
 from conveyor.brokers.base import Broker, QueueStats
+from redis_server import free_port
 
 #: tests/integration: the working directory of every process, so ``-A apps.tasks`` imports.
 HERE = Path(__file__).resolve().parent
@@ -137,6 +140,47 @@ class WorkerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self._log.close()
+
+
+class DashboardProcess(WorkerProcess):
+    """One ``conveyor dashboard`` process on a loopback port, run and killed as a worker."""
+
+    command = "dashboard"
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        app: str = APP,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
+        argv = ["--port", str(self.port), "--address", "127.0.0.1", "-l", "warning", *args]
+        super().__init__(argv, env, log_path, app=app)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def wait_ready(self, timeout: float = 20.0) -> DashboardProcess:
+        """Block until it answers HTTP (any status: it may want credentials)."""
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"dashboard exited with {self.proc.returncode}:\n{self.stderr_text()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url, timeout=2):
+                    return True
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+
+        wait_until(answers, timeout, "the dashboard to answer", interval=0.1)
+        return self
 
 
 class BeatProcess(WorkerProcess):

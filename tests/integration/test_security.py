@@ -314,7 +314,7 @@ def test_a_worker_runs_every_feature_as_the_documented_least_privileged_acl_user
     executions = Executions(tmp_path / "executions.log")
     worker = spawn(
         url,
-        *("--beat", "-P", "threads", "-c", "2"),
+        *("--beat", "-E", "-P", "threads", "-c", "2"),
         app=SECURITY_APP,
         CONVEYOR_TEST_BEAT_RECORD="beat",
         CONVEYOR_TEST_RATE_LIMIT="100/s",
@@ -341,6 +341,11 @@ def test_a_worker_runs_every_feature_as_the_documented_least_privileged_acl_user
         assert dead.id == stray.id
         assert producer.broker.drop_dead(stray.id)
         assert producer.broker.stats(["celery"])[0].dead == 0
+        # ... asks the worker over the control channel and reads events and metrics
+        [(_, pong)] = (producer.control.inspect(timeout=5).ping() or {}).items()
+        assert pong == {"ok": "pong"}
+        wait_until(lambda: producer.broker.stream_tail("events", 1), 10, "a task event")
+        wait_until(lambda: producer.broker.counters("tasks|"), 10, "task counters")
         # ... and its beat sends a task of its own
         mine = {r.id for r in sent} | {r.parent.id for r in sent if r.parent is not None}
         wait_until(

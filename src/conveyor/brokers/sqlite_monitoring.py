@@ -56,6 +56,10 @@ def _cursor(after: str) -> int:
     return int(after)
 
 
+#: Least seconds between two reads of one waiting ``stream_read``.
+STREAM_RECHECK = 0.05
+
+
 class SqliteMonitoring:
     """The monitoring part of the broker contract, on the broker's ``_db``."""
 
@@ -142,11 +146,17 @@ class SqliteMonitoring:
         deadline = time.monotonic() + timeout
         while True:
             mark = self._db.mark()  # before the read: a write after it ends the wait
+            read_at = time.monotonic()
             with self._db.snapshot() as conn:
                 rows = conn.execute(sql, {**params, "now": now()}).fetchall()
             if rows or time.monotonic() >= deadline:
                 return [StreamEntry(str(seq), bytes(body)) for seq, body in rows]
             self._db.wait_for_change(mark, deadline)
+            # On a busy file every commit (each ack) is a change: a waiting reader (a
+            # worker's control thread) looks at most every STREAM_RECHECK seconds.
+            pause = min(read_at + STREAM_RECHECK, deadline) - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
 
     def stream_last(self, stream: str) -> str:
         with self._db.snapshot() as conn:

@@ -55,6 +55,26 @@ def main() -> None:
 
 
 # command modules register themselves on the group
-from conveyor.cli import beat_cmd, health_cmd, inspect_cmds, task_cmds, worker_cmd  # noqa: E402
+from conveyor.cli import (  # noqa: E402
+    beat_cmd,
+    control_cmds,
+    dashboard_cmd,
+    events_cmd,
+    health_cmd,
+    inspect_cmds,
+    task_cmds,
+    worker_cmd,
+)
 
-__all__ = ["beat_cmd", "cli", "health_cmd", "inspect_cmds", "main", "task_cmds", "worker_cmd"]
+__all__ = [
+    "beat_cmd",
+    "cli",
+    "control_cmds",
+    "dashboard_cmd",
+    "events_cmd",
+    "health_cmd",
+    "inspect_cmds",
+    "main",
+    "task_cmds",
+    "worker_cmd",
+]

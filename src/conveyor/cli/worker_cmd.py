@@ -74,6 +74,12 @@ def check_broker(app: Conveyor) -> list[str]:
     help="Seconds without progress of the fetch loop before it is restarted [60].",
 )
 @click.option(
+    "-E",
+    "--task-events",
+    is_flag=True,
+    help="Write task events for `conveyor events` and the dashboard [worker_send_task_events].",
+)
+@click.option(
     "-B",
     "--beat",
     "with_beat",
@@ -95,11 +101,14 @@ def worker(
     shutdown_timeout: float | None,
     watchdog_timeout: float | None,
     with_beat: bool,
+    task_events: bool,
 ) -> None:
     """Start a worker: consume queues and run tasks until SIGTERM or Ctrl-C."""
     app, log_format = load_app(ref, loglevel, log_format)
     conf = app.conf
     host = hostname_option(hostname, default_hostname())
+    if task_events:
+        conf.worker_send_task_events = True
     # Celery's moment for per-worker configuration: before anything reads the settings,
     # with only the app and the name of the worker-to-be set.
     cli_options = {

@@ -234,6 +234,23 @@ _LOGGING = (
             "with `%(task_name)s` and `%(task_id)s`), and adds `text` and `json`."),
 )
 
+_EVENTS = (
+    Setting("worker_send_task_events", False, c.boolean, False,
+            "Workers write task events (received, started, succeeded, failed, retried, revoked, "
+            "rejected) to the broker, for `conveyor events` and the dashboard "
+            "(docs/monitoring.md). `conveyor worker -E` turns them on for one worker.",
+            "Celery sends events to a fanout exchange that only live receivers see; conveyor "
+            "keeps the newest `event_stream_max` in the broker, so a reader that starts late or "
+            "restarts reads them too."),
+    Setting("task_send_sent_event", False, c.boolean, False,
+            "Producers write a `task-sent` event for each task they send: one more broker "
+            "round trip per send (per message of a group).",
+            "Celery's is the same setting; conveyor writes the event before `delay()` returns."),
+    Setting("event_stream_max", 100_000, c.integer(1), CONVEYOR_ONLY,
+            "Task events the broker keeps at most: past that the oldest are dropped.",
+            "Celery keeps no events: a receiver sees those sent while it runs."),
+)
+
 _TIME = (
     Setting("timezone", "UTC", c.timezone, "UTC", "Time zone of `crontab` schedules."),
     Setting("enable_utc", True, c.boolean, True, "Dates in messages are in UTC."),
@@ -263,7 +280,7 @@ SECTIONS: Final = (
     Section("Other result backends", (), unused.OTHER_BACKENDS),
     Section("Worker", _WORKER, unused.WORKER),
     Section("Logging", _LOGGING, unused.LOGGING),
-    Section("Events and remote control", (), unused.EVENTS),
+    Section("Events and remote control", _EVENTS, unused.EVENTS),
     Section("Time", _TIME, {}),
     Section("Beat", _BEAT, unused.BEAT),
 )

@@ -19,7 +19,7 @@ def _prefixed(prefix: str, reason: str, *suffixes: str) -> dict[str, str]:
 
 
 _RECONNECTS = "conveyor always reconnects to the broker, with backoff."
-_NO_EVENTS = "conveyor sends no task events yet (nothing for `celery events` or Flower)."
+_NO_EVENTS = "task events go to a capped stream in the broker (`event_stream_max`), not to AMQP."
 _NO_CONTROL = "conveyor has no remote-control channel: revokes are kept in the broker."
 _BEAT_STATE = "beat keeps its last-run times in the broker, not in a local file."
 _DAEMON = (
@@ -188,10 +188,9 @@ LOGGING: Final[Mapping[str, str]] = {
 }
 
 EVENTS: Final[Mapping[str, str]] = {
-    **_same(_NO_EVENTS, "worker_send_task_events", "task_send_sent_event"),
     **_prefixed("event_", _NO_EVENTS, "queue_ttl", "queue_expires", "queue_durable",
                 "queue_exclusive", "queue_prefix", "exchange", "serializer"),
-    **_prefixed("events_", _NO_EVENTS, "logfile", "pidfile", "uid", "gid", "umask", "executable"),
+    **_prefixed("events_", _DAEMON, "logfile", "pidfile", "uid", "gid", "umask", "executable"),
     **_prefixed("control_", _NO_CONTROL, "queue_ttl", "queue_expires", "exchange",
                 "queue_durable", "queue_exclusive"),
 }

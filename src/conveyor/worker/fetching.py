@@ -63,7 +63,10 @@ class Fetcher:
     ):
         self.app = app
         self.hostname = hostname
+        #: The queues fetched from; replaced whole (never changed in place) by
+        #: ``add_queue`` / ``cancel_queue``, so the loop reads it without a lock.
         self.queues = list(queues)
+        self._queues_lock = threading.Lock()
         self.fetch_timeout = fetch_timeout
         self.holdings = holdings
         self.hooks = hooks
@@ -92,6 +95,28 @@ class Fetcher:
         )
         thread.start()
         return thread
+
+    def add_queue(self, queue: str) -> bool:
+        """Fetch from ``queue`` too, from the next fetch on; False if already fetched."""
+        with self._queues_lock:
+            if queue in self.queues:
+                return False
+            self.queues = [*self.queues, queue]
+            return True
+
+    def cancel_queue(self, queue: str) -> bool:
+        """Stop fetching from ``queue`` from the next fetch on; False if not fetched.
+
+        Raises:
+            ValueError: it is the last queue (a worker fetches from one at least).
+        """
+        with self._queues_lock:
+            if queue not in self.queues:
+                return False
+            if len(self.queues) == 1:
+                raise ValueError(f"{queue!r} is the only queue consumed: add another first")
+            self.queues = [q for q in self.queues if q != queue]
+            return True
 
     def age(self) -> float:
         """Seconds since the loop last made progress; 0 while it runs a job (solo)."""

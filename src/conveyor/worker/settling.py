@@ -89,6 +89,7 @@ class Settler:
     def on_start(self, job: Job) -> None:
         """A job leaves the pool's queue to run (acks early: acknowledged now, not when
         fetched, so that what a worker holds but has not started can still go back)."""
+        self.hooks.started(job)
         if not job.acks_late:
             self._outcomes.put((job, _EARLY_ACK))
 

@@ -43,7 +43,9 @@ from conveyor.worker.holdings import Holdings
 from conveyor.worker.job import Job, JobRunner, Outcome
 from conveyor.worker.limits import PoolLimits
 from conveyor.worker.liveness import HeartbeatFile
+from conveyor.worker.monitors import Monitoring
 from conveyor.worker.pools import POOLS, Pool
+from conveyor.worker.remote import Remote
 from conveyor.worker.settling import Settler
 
 if TYPE_CHECKING:
@@ -107,7 +109,8 @@ class Worker:
         )
         self.callbacks = Callbacks(app, self.hostname)
         #: The hooks of this worker process, in order (see the module docstring).
-        self.hooks = Hooks([self.admission, *app.hooks, self.callbacks])
+        self.monitoring = Monitoring(app, self.hostname)  # counters, events (-E)
+        self.hooks = Hooks([self.admission, *app.hooks, self.callbacks, self.monitoring])
         self.runner = JobRunner(app, self.hostname)
         pool_cls = POOLS[options.pool]
         limits = PoolLimits(
@@ -154,6 +157,8 @@ class Worker:
         )
         self.exit_code = 0
         self.liveness = HeartbeatFile(options.heartbeat_file) if options.heartbeat_file else None
+        #: The worker registry and the control channel (``app.control``); one of the hooks.
+        self.remote = Remote(self)
 
     @property
     def capacity(self) -> int:
@@ -175,6 +180,7 @@ class Worker:
         self._threads = [self.fetcher.start(), self._spawn(self.settler.run, "conveyor-settler")]
         self._spawn(self._watch_revokes, "conveyor-revokes")
         self.heartbeat.start()
+        self.remote.start()
         for service in self.services:
             service.start()
         self.hooks.worker_ready(self)
@@ -269,6 +275,7 @@ class Worker:
             self.runner.process_shutdown(self.exit_code)
         if self.liveness is not None:
             self.liveness.remove()
+        self.remote.stop()
         self.hooks.worker_shutdown(self)
         logger.info("worker %s stopped", self.hostname)
 

@@ -1,0 +1,1 @@
+"""What operators read: task events, counters and Prometheus metrics, from the broker."""
