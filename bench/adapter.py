@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 #: Every system, in the order of the tables; each is ``bench.systems.<name>_adapter``.
-SYSTEMS = ("conveyor", "celery", "dramatiq", "rq", "arq", "saq")
+SYSTEMS = ("conveyor", "conveyor_events", "celery", "dramatiq", "rq", "arq", "saq")
+
+#: Variants of conveyor, not peers: measured beside it in some scenarios only, for the
+#: cost of a feature (``conveyor_events``: workers started with ``-E``).
+VARIANTS: dict[str, tuple[str, ...]] = {"conveyor_events": ("enqueue+drain", "cost")}
 
 #: The scenarios whose worker an adapter configures.
 WORKER_ROLES = ("drain", "io", "delayed", "roundtrip")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.adapter import SYSTEMS
+from bench.adapter import SYSTEMS, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def failures(runs: Sequence[dict[str, Any]], system: str, scenario: str) -> str:
 
 def targets(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for each of issue 7's targets."""
-    peers = [s for s in systems_in(runs) if s != "conveyor"]
+    peers = [s for s in systems_in(runs) if s != "conveyor" and s not in VARIANTS]
 
     def best_peer(scenario: str, key: str, higher: bool) -> tuple[str, float] | None:
         found = [(s, m) for s in peers if (m := median(runs, s, scenario, key)) is not None]

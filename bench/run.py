@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.adapter import SYSTEMS
+from bench.adapter import SYSTEMS, VARIANTS
 from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ RUN_TIMEOUT = 240.0
 
 def python_of(system: str) -> str:
     """The interpreter of ``system``'s environment (conveyor: this one)."""
-    if system == "conveyor":
+    if system == "conveyor" or system in VARIANTS:
         return sys.executable
     return str(VENVS / system / "bin" / "python")
 
@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in scenarios:
                 n = SIZES[scenario][1 if args.quick else 0]
                 for system in systems:
+                    if scenario not in VARIANTS.get(system, (scenario,)):
+                        continue
                     workdir = scratch / f"{rep}-{scenario}-{system}"
                     result = run_once(system, scenario, n, server.url, workdir)
                     result["rep"] = rep
