@@ -44,7 +44,8 @@ def test_autoscale_grows_to_meet_a_burst_and_shrinks_back_when_it_is_over(
     worker = start_limit_worker("-P", pool, "--autoscale", "4,1").wait_ready()
     assert "autoscale 1 to 4" in worker.stderr_text()
     if pool == "prefork":
-        assert len(children_of(worker.pid)) == 1
+        # (the banner comes out before the pool forks: wait for the first child)
+        wait_until(lambda: len(children_of(worker.pid)) == 1, 5, "the pool's one child")
 
     # When four 1 s tasks arrive at once
     began = time.monotonic()
