@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.exceptions import BrokerError
+from conveyor.storage import sqlite as sqlite_storage
 from conveyor.storage.sqlite import Database, database_path
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS items (name TEXT);"
@@ -129,3 +130,32 @@ def test_wait_for_change_wakes_on_a_write_from_another_connection(tmp_path: Path
     assert waiter.wait_for_change(waiter.mark(), time.monotonic() + 0.1) is False
     waiter.close()
     writer.close()
+
+
+class _FailsFirst:
+    """A connection whose first ``execute`` fails with the given SQLite error code."""
+
+    def __init__(self, code: int):
+        self.code = code
+        self.calls = 0
+
+    def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            error = sqlite3.OperationalError("disk I/O error")
+            error.sqlite_errorcode = self.code  # type: ignore[attr-defined]
+            raise error
+
+
+def test_the_switch_to_wal_retries_an_io_error_of_a_file_another_process_closes() -> None:
+    # SQLITE_IOERR_SHORT_READ: an extended code of SQLITE_IOERR
+    conn = _FailsFirst(sqlite3.SQLITE_IOERR | (2 << 8))
+    sqlite_storage._journal_wal(conn)  # type: ignore[arg-type]
+    assert conn.calls == 2
+
+
+def test_a_transaction_does_not_retry_an_io_error() -> None:
+    conn = _FailsFirst(sqlite3.SQLITE_IOERR)
+    with pytest.raises(sqlite3.OperationalError):
+        sqlite_storage._while_busy(conn, "BEGIN IMMEDIATE", (0.0, 0.0))  # type: ignore[arg-type]
+    assert conn.calls == 1

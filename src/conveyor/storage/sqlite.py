@@ -87,17 +87,23 @@ def _keep_in_child() -> None:
 os.register_at_fork(before=_pin, after_in_parent=_unpin_in_parent, after_in_child=_keep_in_child)
 
 
-def _while_busy(conn: sqlite3.Connection, sql: str, pause: tuple[float, float]) -> None:
+def _while_busy(
+    conn: sqlite3.Connection,
+    sql: str,
+    pause: tuple[float, float],
+    transient: frozenset[int] = frozenset({sqlite3.SQLITE_BUSY}),
+) -> None:
     """Execute ``sql``, retried after a random pause in ``pause`` (seconds) while the
-    file is busy, up to the busy timeout."""
+    file is busy (or answers another of the ``transient`` codes), up to the busy
+    timeout."""
     deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
     while True:
         try:
             conn.execute(sql)
             return
         except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
-            if not busy or time.monotonic() > deadline:
+            code = exc.sqlite_errorcode & 0xFF  # extended codes too
+            if code not in transient or time.monotonic() > deadline:
                 raise
         time.sleep(random.uniform(*pause))
 
@@ -116,14 +122,20 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
 
 
+#: What a switch to WAL retries: see ``_journal_wal``.
+_WAL_TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_IOERR})
+
+
 def _journal_wal(conn: sqlite3.Connection) -> None:
     """``PRAGMA journal_mode=WAL``, retried while the file is busy.
 
     On a file not yet in WAL mode (a new one) the switch needs an exclusive lock,
     and SQLite answers SQLITE_BUSY at once, without waiting, while another process
-    holds a lock on it: processes that open a new file together would fail.
+    holds a lock on it: processes that open a new file together would fail. A switch
+    that meets another process's last connection closing (which checkpoints and
+    deletes the ``-wal`` and ``-shm`` files) can answer SQLITE_IOERR: retried too.
     """
-    _while_busy(conn, "PRAGMA journal_mode=WAL", (0.001, 0.005))
+    _while_busy(conn, "PRAGMA journal_mode=WAL", (0.001, 0.005), _WAL_TRANSIENT)
 
 
 #: Mode of a database file conveyor creates: task arguments and results are private data.
@@ -229,7 +241,10 @@ class Database:
         try:
             yield
         except sqlite3.OperationalError as exc:
-            raise self._error(f"SQLite database {self.path!r}: {exc}") from exc
+            # the extended code (SQLITE_IOERR_SHORT_READ, ...) says which I/O failed
+            name = getattr(exc, "sqlite_errorname", "")
+            detail = f"{exc} ({name})" if name and name not in str(exc) else str(exc)
+            raise self._error(f"SQLite database {self.path!r}: {detail}") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
