@@ -160,6 +160,25 @@ def test_workers_page_shows_live_workers_and_drops_a_killed_one(
     assert present(browser, "tr[data-worker^='dash1@']")
 
 
+def test_a_worker_shut_down_from_the_page_exits_cleanly_and_leaves_it(
+    stack: Stack, browser: Any
+) -> None:
+    # Given a third worker on the workers page
+    leaver = stack.start_worker("leaver@%h", "-c", "1")
+    open_page(browser, stack, "#/workers")
+    row = "tr[data-worker^='leaver@']"
+    until(browser, lambda: present(browser, row), 10, "the worker on the page")
+
+    # When it is shut down from the page, after the confirmation
+    click(browser, f"{row} button[data-action='shutdown']", "the shut down button")
+    confirm(browser)
+
+    # Then it exits as after a SIGTERM (0) and leaves the page at once (not 3 beats later)
+    assert leaver.wait(15) == 0
+    until(browser, lambda: not present(browser, row), POLL_SECONDS + 2, "the worker to go")
+    assert present(browser, "tr[data-worker^='dash1@']")
+
+
 def test_worker_page_lists_its_active_tasks(stack: Stack, browser: Any) -> None:
     # Given a task running on dash1
     app = stack.app
