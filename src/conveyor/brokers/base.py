@@ -235,6 +235,26 @@ class Broker(ABC):
         a backend prepared for this broker."""
         raise NotImplementedError(f"{type(self).__name__} cannot store results with its acks")
 
+    def ack_and_fetch(
+        self,
+        deliveries: Sequence[Delivery],
+        writes: Mapping[str, object],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        consumer: str,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """``ack`` (``ack_storing`` when ``writes``), then ``fetch`` up to ``limit``
+        more without waiting (``limit`` 0: none): a worker refills the room its acks
+        free. One round trip where the broker can; the default makes both calls.
+        The acks are applied before the fetch, so a retried call is safe: the acks
+        are idempotent, and what a fetch whose reply was lost leased comes back when
+        its lease expires."""
+        acks = self.ack_storing(deliveries, writes) if writes else self.ack(deliveries)
+        if limit < 1:
+            return acks, []
+        return acks, self.fetch(queues, limit, consumer=consumer, timeout=0.0)
+
     @abstractmethod
     def release(self, delivery: Delivery) -> bool:
         """Return an unstarted delivery to ready at once, undoing its count.

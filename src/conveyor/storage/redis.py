@@ -235,10 +235,12 @@ class RedisConnection:
         ``call``."""
         return self.execute_many([args])[0]
 
-    def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    def execute_many(
+        self, commands: Sequence[Sequence[Any]], *, raise_errors: bool = True
+    ) -> list[Any]:
         """Commands sent together (a pipeline, no MULTI) on an idle connection of this
         process; their replies. A command's error reply is raised after every reply
-        is read."""
+        is read (``raise_errors=False``: returned in its place)."""
         conn = self._checkout()
         replies: list[Any] = []
         error: ResponseError | None = None
@@ -257,7 +259,7 @@ class RedisConnection:
             raise
         finally:
             self._idle.append(conn)
-        if error is not None:
+        if error is not None and raise_errors:
             raise error
         return replies
 

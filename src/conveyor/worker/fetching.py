@@ -5,14 +5,20 @@ message, asks the hooks whether it may run (``admit``: revoked, expired, rate
 limits, concurrency caps), holds it, and hands it to the pool. A message that
 cannot run goes to the dead letters with the reason, is refused (REVOKED), or is
 held back in the broker's delayed store; nothing is ever left held and unsettled.
+
+Under load the room comes from acks: the settler then fetches for it in the same
+round trip as the acks (``refill``) and admits what it got here, while the loop
+waits; the loop fetches itself when it has room and the settler is not refilling
+(an idle worker, an empty queue).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor import states
@@ -29,7 +35,7 @@ from conveyor.hooks import Hooks
 from conveyor.message import decode, peek_id
 from conveyor.result import encode_failure
 from conveyor.signing import verify
-from conveyor.worker.holdings import Holdings
+from conveyor.worker.holdings import Holdings, Refill
 from conveyor.worker.job import Job
 from conveyor.worker.logs import task_extra
 from conveyor.worker.settling import Settler
@@ -83,11 +89,17 @@ class Fetcher:
         # Set while the loop runs a job itself (solo): busy, not stuck.
         self.running_job = False
         self._generation = 0
+        # Held by whoever fetches for this worker's room (the loop, or the settler
+        # refilling with its acks) until what was fetched is admitted: one at a time,
+        # so that the worker never holds more than its capacity. A new one for each
+        # loop: a replaced loop stuck in a fetch must not stall its successor.
+        self._intake = threading.Lock()
 
     def start(self) -> threading.Thread:
         """Start a fetch loop; an earlier one exits when it next looks (it is stale)."""
         self._generation += 1
         generation = self._generation
+        self._intake = threading.Lock()
         # Not a stamp of alive: a restarted loop is alive only once it fetches.
         self.started = time.monotonic()
         thread = threading.Thread(
@@ -133,37 +145,65 @@ class Fetcher:
 
     def _loop(self, generation: int) -> None:
         backoff = 0.1
+        intake = self._intake
         while not self.stop.is_set() and generation == self._generation:
-            room = self.holdings.wait_for_room(self.stop, self._stamp)
+            self.holdings.wait_for_room(self.stop, self._stamp)
             if self.stop.is_set() or generation != self._generation:
                 return
-            try:
-                deliveries = self.broker.fetch(
-                    self.queues, room, consumer=self.consumer, timeout=self.fetch_timeout
-                )
-            except Exception:
-                logger.exception("fetch failed; retrying in %.1f s", backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            self._stamp()
-            try:
-                revoked = self._revoked(deliveries)
-            except Exception:
-                # Unchecked messages must not run: their leases expire and they come back.
-                logger.exception("could not check %d messages for revokes", len(deliveries))
-                continue
-            for i, delivery in enumerate(deliveries):
-                # A loop the watchdog replaced (it was stuck fetching) runs nothing more:
-                # its replacement fetches and runs in its place.
-                if self.stop.is_set() or generation != self._generation:
-                    self._release_unstarted(deliveries[i:])
-                    return
+            with intake:
+                room = self.holdings.room()  # a refill may have taken it meanwhile
+                if room < 1:
+                    continue
                 try:
-                    self._accept(delivery, delivery.id in revoked)
-                except BaseException as exc:
-                    self._unaccepted(delivery, exc)
+                    deliveries = self.broker.fetch(
+                        self.queues, room, consumer=self.consumer, timeout=self.fetch_timeout
+                    )
+                except Exception:
+                    logger.exception("fetch failed; retrying in %.1f s", backoff)
+                    self.stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                self._stamp()
+                self.admit(deliveries, generation)
+
+    @contextlib.contextmanager
+    def refill(self, freed: int) -> Iterator[Refill]:
+        """The fetch to make with acks that free ``freed`` held jobs: all the room there
+        will be, unless the loop is fetching itself (room 0). The loop waits until the
+        block ends, by when ``Refill.admit`` has been given what was fetched."""
+        generation = self._generation
+        intake = self._intake
+        if self.pool.runs_inline or self.stop.is_set() or not intake.acquire(blocking=False):
+            yield Refill(0, (), self.consumer)
+            return
+        try:
+            room = self.holdings.room() + freed
+            yield Refill(max(room, 0), self.queues, self.consumer, self.admit, generation)
+        finally:
+            intake.release()
+
+    def admit(self, deliveries: Sequence[Delivery], generation: int) -> None:
+        """Check fetched deliveries for revokes, then accept each in turn (called with
+        the intake held)."""
+        if not deliveries:
+            return
+        try:
+            revoked = self._revoked(deliveries)
+        except Exception:
+            # Unchecked messages must not run: their leases expire and they come back.
+            logger.exception("could not check %d messages for revokes", len(deliveries))
+            return
+        for i, delivery in enumerate(deliveries):
+            # A loop the watchdog replaced (it was stuck fetching) runs nothing more:
+            # its replacement fetches and runs in its place.
+            if self.stop.is_set() or generation != self._generation:
+                self._release_unstarted(deliveries[i:])
+                return
+            try:
+                self._accept(delivery, delivery.id in revoked)
+            except BaseException as exc:
+                self._unaccepted(delivery, exc)
 
     def _revoked(self, deliveries: Sequence[Delivery]) -> set[str]:
         """The revoked ids of a fetched batch: from the fetch itself where the broker

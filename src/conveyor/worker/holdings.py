@@ -1,19 +1,37 @@
 """What a worker holds: every delivery it fetched and has not settled, by token.
 
 The fetch loop waits here for room (the worker holds at most ``capacity``
-deliveries), the heartbeat renews what is held, the settler and shutdown take
-jobs out. One condition guards it all; ``Job.settling`` and ``Job.acked`` are
-only changed under it.
+unacknowledged deliveries: as in Celery, a job acknowledged when it started no
+longer counts, so that the next one waits ready beside it), the heartbeat renews
+what is held, the settler and shutdown take jobs out. One condition guards it
+all; ``Job.settling`` and ``Job.acked`` are only changed under it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from conveyor.brokers.base import Delivery
 from conveyor.worker.job import Job
+
+
+@dataclass
+class Refill:
+    """A fetch made with acks for the room they free: up to ``room`` messages from
+    ``queues`` for ``consumer`` (room 0: no fetch), handed to ``admit`` once fetched."""
+
+    room: int
+    queues: Sequence[str]
+    consumer: str
+    admit_to: Callable[[Sequence[Delivery], int], None] | None = None
+    generation: int = 0
+
+    def admit(self, deliveries: Sequence[Delivery]) -> None:
+        if self.admit_to is not None and deliveries:
+            self.admit_to(deliveries, self.generation)
 
 
 class Holdings:
@@ -23,6 +41,7 @@ class Holdings:
         self.capacity = capacity
         self.cond = threading.Condition()
         self._jobs: dict[str, Job] = {}
+        self._acked = 0  # held jobs with ``acked`` set
 
     def __len__(self) -> int:
         with self.cond:
@@ -42,16 +61,29 @@ class Holdings:
         """Stop holding these jobs (settled, given back) and wake whoever waits for room."""
         with self.cond:
             for job in jobs:
-                self._jobs.pop(job.delivery.token, None)
+                self._drop(job)
             self.cond.notify_all()
+
+    def _drop(self, job: Job) -> bool:
+        # caller holds the condition
+        if self._jobs.pop(job.delivery.token, None) is None:
+            return False
+        if job.acked:
+            self._acked -= 1
+        return True
 
     def take(self, job: Job) -> bool:
         """Stop holding ``job`` unless it is being settled; True if this call took it."""
         with self.cond:
-            if job.settling or self._jobs.pop(job.delivery.token, None) is None:
+            if job.settling or not self._drop(job):
                 return False
             self.cond.notify_all()
             return True
+
+    def room(self) -> int:
+        """How many more unacknowledged jobs may be held now (negative while over)."""
+        with self.cond:
+            return self.capacity - len(self._jobs) + self._acked
 
     def jobs(self) -> list[Job]:
         with self.cond:
@@ -72,16 +104,20 @@ class Holdings:
     def set_acked(self, jobs: Iterable[Job], acks: Iterable[bool]) -> None:
         with self.cond:
             for job, accepted in zip(jobs, acks, strict=True):
+                if accepted and not job.acked and job.delivery.token in self._jobs:
+                    self._acked += 1
                 job.acked = accepted
+            self.cond.notify_all()
 
     def wait_for_room(self, stop: threading.Event, beat: Callable[[], None]) -> int:
-        """Block until fewer than ``capacity`` jobs are held (or ``stop``); calls ``beat``
-        while it waits (the fetch loop is healthy, only full). Returns the room left."""
+        """Block until fewer than ``capacity`` unacknowledged jobs are held (or
+        ``stop``); calls ``beat`` while it waits (the fetch loop is healthy, only full).
+        Returns the room left."""
         with self.cond:
-            while len(self._jobs) >= self.capacity and not stop.is_set():
+            while len(self._jobs) - self._acked >= self.capacity and not stop.is_set():
                 beat()
                 self.cond.wait(0.5)
-            return self.capacity - len(self._jobs)
+            return self.capacity - len(self._jobs) + self._acked
 
     def wait_empty(self, until: float, give_up: threading.Event) -> list[Job]:
         """Wait until nothing is held, ``until`` (monotonic) passes or ``give_up`` is

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from conveyor import states
@@ -31,7 +32,7 @@ from conveyor.exceptions import (
 )
 from conveyor.hooks import Hooks
 from conveyor.result import encode_failure
-from conveyor.worker.holdings import Holdings
+from conveyor.worker.holdings import Holdings, Refill
 from conveyor.worker.job import IGNORED, LOST, REJECTED, TERMINATED, TIMED_OUT, Job, Outcome
 from conveyor.worker.logs import task_extra
 
@@ -47,6 +48,11 @@ _STOP = object()
 _EARLY_ACK = Outcome("EARLY_ACK")
 #: Outcomes settled together at most.
 BATCH = 512
+
+
+@contextmanager
+def _no_refill(freed: int) -> Iterator[Refill]:
+    yield Refill(0, (), "")
 
 
 class Settler:
@@ -69,6 +75,8 @@ class Settler:
         self.hooks = hooks
         self.pool = pool
         self.cold = cold  # a cold shutdown: stop retrying through outages
+        #: Set by the worker once its fetch loop exists: the fetch to make with acks.
+        self.refill: Callable[[int], AbstractContextManager[Refill]] = _no_refill
         self._outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()  # one batch settles at a time
 
@@ -145,12 +153,20 @@ class Settler:
             self.holdings.release(job for job, _ in batch)
 
     def _ack_early(self, jobs: list[Job]) -> None:
+        deliveries = [j.delivery for j in jobs]
         try:
-            acks = self.through_outage("ack", lambda: self.broker.ack([j.delivery for j in jobs]))
+            # acknowledged, they stop counting against the room: refilled at once
+            with self.refill(len(jobs)) as refill:
+                acks, fetched = self.through_outage(
+                    "ack",
+                    lambda: self.broker.ack_and_fetch(
+                        deliveries, {}, refill.queues, refill.room, consumer=refill.consumer
+                    ),
+                )
+                self.holdings.set_acked(jobs, acks)
+                refill.admit(fetched)
         except Exception:
             logger.exception("acknowledging %d started tasks failed; they may run again", len(jobs))
-            return
-        self.holdings.set_acked(jobs, acks)
 
     def through_outage(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, retried through broker or backend outages until it succeeds.
@@ -190,10 +206,17 @@ class Settler:
         ]
         expires = self.app.conf.result_expires
         stored = self._fused_writes(finished, late, expires)
-        if stored:
-            acks = self.through_outage("ack", lambda: self.broker.ack_storing(late, stored))
-        else:
-            acks = self.through_outage("ack", lambda: self.broker.ack(late)) if late else []
+        acks: list[bool] = []
+        if late:
+            # the room these acks free is refilled in the same round trip
+            with self.refill(len(batch)) as refill:
+                acks, fetched = self.through_outage(
+                    "ack",
+                    lambda: self.broker.ack_and_fetch(
+                        late, stored, refill.queues, refill.room, consumer=refill.consumer
+                    ),
+                )
+                refill.admit(fetched)
         accepted = dict(zip((d.token for d in late), acks, strict=True))
         for job in dead:
             accepted[job.delivery.token] = self._dead_letter_failure(job)

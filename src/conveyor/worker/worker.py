@@ -151,6 +151,7 @@ class Worker:
             self.autoscaler,
             consumer=self.consumer_id,
         )
+        self.settler.refill = self.fetcher.refill
         self._threads: list[threading.Thread] = []
         self.heartbeat = Heartbeat(
             self.broker, self.holdings.unacked, self._lease_lost, self._renew_slots

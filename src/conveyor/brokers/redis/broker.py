@@ -218,22 +218,27 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
 
     # -- consuming -------------------------------------------------------------
 
+    def _fetch_call(
+        self, queues: Sequence[str], limit: int, consumer: str
+    ) -> tuple[list[str], list[Any]]:
+        keys: list[str] = []
+        for q in queues:
+            k = self._keys(q)
+            keys += [k.ready, k.delayed, k.inflight, k.msg, k.wake, k.dead, k.deadids, k.ids]
+        keys.append(revoked_key(self.prefix))
+        lease = _us(self.options.lease_seconds)
+        return keys, [len(queues), limit, consumer, lease, secrets.token_hex(6), HISTORY_LENGTH]
+
     def fetch(
         self, queues: Sequence[str], limit: int, *, consumer: str, timeout: float
     ) -> list[Delivery]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._check_once()
-        all_keys = [self._keys(q) for q in queues]
-        keys: list[str] = []
-        for k in all_keys:
-            keys += [k.ready, k.delayed, k.inflight, k.msg, k.wake, k.dead, k.deadids, k.ids]
-        keys.append(revoked_key(self.prefix))
-        lease = _us(self.options.lease_seconds)
-        wake_keys = [k.wake for k in all_keys]
+        wake_keys = [self._keys(q).wake for q in queues]
         deadline = time.monotonic() + timeout
         while True:
-            args = [len(queues), limit, consumer, lease, secrets.token_hex(6), HISTORY_LENGTH]
+            keys, args = self._fetch_call(queues, limit, consumer)
             reply = self._run("fetch", keys, args)
             count = int(reply[0])
             if count:
@@ -279,10 +284,24 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
     def ack_storing(
         self, deliveries: Sequence[Delivery], writes: Mapping[str, object]
     ) -> list[bool]:
-        result: dict[str, bool] = {}
+        acks, _ = self.ack_and_fetch(deliveries, writes, (), 0, consumer="")
+        return acks
+
+    def ack_and_fetch(
+        self,
+        deliveries: Sequence[Delivery],
+        writes: Mapping[str, object],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        consumer: str,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """See ``Broker.ack_and_fetch``: one ``ack`` script per queue and the fetch
+        script, pipelined in one round trip."""
         by_queue: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
             by_queue[d.queue].append(d)
+        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
         for queue, batch in by_queue.items():
             k = self._keys(queue)
             keys = [k.inflight, k.msg, k.ids, k.lost]
@@ -293,12 +312,26 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
                     assert isinstance(w, KeyWrite), "writes_for() of another broker"
                     keys.append(w.key)
                     args += [index, w.value, w.px_ms, w.notify]
-            codes = self._run("ack", keys, args)
+            calls.append(("ack", keys, args))
+        if limit > 0:
+            self._check_once()
+            calls.append(("fetch", *self._fetch_call(queues, limit, consumer)))
+        if not calls:
+            return [], []
+        if len(calls) == 1:
+            replies = [self._run(*calls[0])]
+        else:
+            replies = self._call(lambda _: self._scripts.run_each(calls))
+        result: dict[str, bool] = {}
+        for batch, codes in zip(by_queue.values(), replies, strict=False):
             for d, code in zip(batch, codes, strict=True):
                 # 2: acknowledged by an earlier attempt of this call (its result stored
                 # with it), whose reply was lost
                 result[d.token] = int(code) in (1, 2)
-        return [result[d.token] for d in deliveries]
+        fetched: list[Delivery] = []
+        if limit > 0 and (count := int(replies[-1][0])):
+            fetched = self._deliveries(queues, replies[-1][2:], count)
+        return [result[d.token] for d in deliveries], fetched
 
     @property
     def redis_url(self) -> str:

@@ -79,6 +79,23 @@ class Scripts:
             self._conn.execute("SCRIPT", "LOAD", self._sources[name])
             return self._conn.execute_many(commands)
 
+    def run_each(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Calls of several scripts sent together (a pipeline: each atomic by itself);
+        their replies. A call the server could not run for want of its script is
+        loaded and run again on its own: each call runs once, whatever the server
+        knew. Any other error reply is raised once every reply is read."""
+        commands = [
+            ("EVALSHA", self._shas[name], len(keys), *keys, *args) for name, keys, args in calls
+        ]
+        replies = self._conn.execute_many(commands, raise_errors=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                replies[i] = self.run(*calls[i])
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
     def run_atomically(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> None:
