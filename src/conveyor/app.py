@@ -463,6 +463,62 @@ class Conveyor:
                 ``task_create_missing_queues`` is False, or a ``routing_key`` reaches
                 no declared queue, or several.
         """
+        message, msg, result = self._compose(
+            name,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            task_id=task_id,
+            ignore_result=ignore_result,
+            parent_id=parent_id,
+            root_id=root_id,
+            headers=headers,
+            **options,
+        )
+        self._publish(message, msg)
+        return result
+
+    async def asend_task(
+        self,
+        name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``send_task`` for async code: the message is published on the event loop
+        itself where the broker has an asyncio client (Redis), the concurrent sends of
+        the loop's coroutines together; it returns once the broker holds it."""
+        message, msg, result = self._compose(name, args, kwargs, **options)
+        if getattr(self._batches, "stacks", {}).get(id(self)):
+            self._publish(message, msg)  # held by this thread's publishing() block
+        else:
+            await self.broker.apublish(message)
+            self.hooks.after_publish(self, msg)
+        return result
+
+    def _compose(
+        self,
+        name: str,
+        args: list[Any] | tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | dt.timedelta | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        ignore_result: bool | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> tuple[OutgoingMessage, wire.Message, AsyncResult]:
+        """The message ``send_task`` publishes, its envelope, and the caller's handle."""
         if not self._finalized:
             self.finalize()
         # Celery's routing_key and exchange find a queue of task_queues (conveyor.queues)
@@ -496,14 +552,14 @@ class Conveyor:
         )
         self.hooks.before_publish(self, msg)  # may add headers: encoded after
         body = sign(wire.encode(msg), self.conf.message_signing_keys)
-        self._publish(OutgoingMessage(task_id, queue, body, priority, msg.eta), msg)
+        message = OutgoingMessage(task_id, queue, body, priority, msg.eta)
         result: AsyncResult[Any] = AsyncResult(task_id, self)
         result.sent_at = time.monotonic()
         result.ignored = msg.ignore_result
         if canvas.LINK in msg.headers or canvas.CHAIN in msg.headers:
             # their ids were chosen above: the children are known before the task runs
             result.expected_children = functools.partial(canvas.sent_children, msg.headers, self)
-        return result
+        return message, msg, result
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on a task's result by id."""

@@ -25,13 +25,16 @@ attempt did, and does nothing twice.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import functools
 import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from conveyor.brokers.coalescing import Coalescer
 from conveyor.config import redact_url
 
 MIN_PRIORITY = 0
@@ -194,8 +197,25 @@ class Broker(ABC):
         """
 
     def publish(self, message: OutgoingMessage) -> None:
-        """Store one message; see ``publish_many``."""
-        self.publish_many((message,))
+        """Store one message; see ``publish_many``. Concurrent calls from threads of
+        one process are sent together (``conveyor.brokers.coalescing``), each
+        returning once the broker holds its own message."""
+        self.validate(message)
+        self._coalescer.publish(message)
+
+    async def apublish(self, message: OutgoingMessage) -> None:
+        """``publish`` from a coroutine. This default runs it in a thread of the loop's
+        executor; a broker with an asyncio client publishes natively."""
+        await asyncio.to_thread(self.publish, message)
+
+    def validate(self, message: OutgoingMessage) -> None:
+        """Raise ValueError for a message ``publish_many`` would refuse (priority, queue
+        name), before it joins others in one send."""
+        check_priority(message.priority)
+
+    @functools.cached_property
+    def _coalescer(self) -> Coalescer:
+        return Coalescer(self.publish_many)
 
     # -- consuming -------------------------------------------------------------
 

@@ -292,23 +292,28 @@ class SqliteBroker(SqliteMonitoring, Broker):
         return bool(ready), next_due
 
     def _claim(self, names: dict[str, str], limit: int, consumer: str) -> list[Delivery]:
+        with self._db.transaction() as conn:
+            return self._claim_in(conn, names, limit, consumer)
+
+    def _claim_in(
+        self, conn: sqlite3.Connection, names: dict[str, str], limit: int, consumer: str
+    ) -> list[Delivery]:
         """Promote the due delayed messages of the queues, then lease the best ready ones."""
         candidates = " UNION ALL ".join(_CANDIDATES.format(i=i) for i in range(len(names)))
-        with self._db.transaction() as conn:
-            t = now()
-            conn.execute(
-                "UPDATE conveyor_messages SET state = 'ready' WHERE state = 'delayed'"
-                f" AND queue IN ({', '.join(f':{name}' for name in names)}) AND due_at <= :now",
-                {**names, "now": t},
-            )
-            params = {
-                **names,
-                "consumer": consumer,
-                "lease_until": t + self.options.lease_seconds,
-                "now": t,
-                "limit": limit,
-            }
-            rows = conn.execute(_CLAIM.format(candidates=candidates), params).fetchall()
+        t = now()
+        conn.execute(
+            "UPDATE conveyor_messages SET state = 'ready' WHERE state = 'delayed'"
+            f" AND queue IN ({', '.join(f':{name}' for name in names)}) AND due_at <= :now",
+            {**names, "now": t},
+        )
+        params = {
+            **names,
+            "consumer": consumer,
+            "lease_until": t + self.options.lease_seconds,
+            "now": t,
+            "limit": limit,
+        }
+        rows = conn.execute(_CLAIM.format(candidates=candidates), params).fetchall()
         rows.sort(key=lambda r: (-r[3], r[6], r[7]))  # RETURNING has no order
         return [Delivery(*row[:6]) for row in rows]
 
@@ -324,22 +329,43 @@ class SqliteBroker(SqliteMonitoring, Broker):
     def ack_storing(
         self, deliveries: Sequence[Delivery], writes: Mapping[str, object]
     ) -> list[bool]:
-        done: set[str] = set()
         with self._db.transaction() as conn:
-            for chunk in _chunks(deliveries):
-                sql = (
-                    f"DELETE FROM conveyor_messages WHERE token IN ({_marks(len(chunk))})"
-                    " RETURNING token"
-                )
-                done.update(row[0] for row in conn.execute(sql, [d.token for d in chunk]))
-            for token in done:
-                write = writes.get(token)
-                if write is not None:
-                    assert isinstance(write, RowWrite), "writes_for() of another broker"
-                    conn.execute(write.sql, write.params)
-            # A token that holds nothing any more acknowledged its message earlier,
-            # unless its lease was lost.
-            lost = _lost(conn, [d.token for d in deliveries if d.token not in done])
+            return self._ack_in(conn, deliveries, writes)
+
+    def ack_and_fetch(
+        self,
+        deliveries: Sequence[Delivery],
+        writes: Mapping[str, object],
+        queues: Sequence[str],
+        limit: int,
+        *,
+        consumer: str,
+    ) -> tuple[list[bool], list[Delivery]]:
+        """See ``Broker.ack_and_fetch``: one transaction, so one commit for both."""
+        names = {f"q{i}": q for i, q in enumerate(dict.fromkeys(queues))}
+        with self._db.transaction() as conn:
+            acks = self._ack_in(conn, deliveries, writes)
+            fetched = self._claim_in(conn, names, limit, consumer) if limit > 0 and names else []
+        return acks, fetched
+
+    def _ack_in(
+        self, conn: sqlite3.Connection, deliveries: Sequence[Delivery], writes: Mapping[str, object]
+    ) -> list[bool]:
+        done: set[str] = set()
+        for chunk in _chunks(deliveries):
+            sql = (
+                f"DELETE FROM conveyor_messages WHERE token IN ({_marks(len(chunk))})"
+                " RETURNING token"
+            )
+            done.update(row[0] for row in conn.execute(sql, [d.token for d in chunk]))
+        for token in done:
+            write = writes.get(token)
+            if write is not None:
+                assert isinstance(write, RowWrite), "writes_for() of another broker"
+                conn.execute(write.sql, write.params)
+        # A token that holds nothing any more acknowledged its message earlier,
+        # unless its lease was lost.
+        lost = _lost(conn, [d.token for d in deliveries if d.token not in done])
         return [d.token not in lost for d in deliveries]
 
     @staticmethod

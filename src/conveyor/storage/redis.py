@@ -18,6 +18,7 @@ redis-py's pool and back costs about as much as the command itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -27,12 +28,15 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import hiredis
 import redis
+import redis.asyncio as aredis
 from redis.connection import ConnectionInterface, SSLConnection
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -169,6 +173,10 @@ class RedisConnection:
         # append from any thread without a lock. Emptied after a fork.
         self._idle: deque[ConnectionInterface] = deque()
         self._idle_pid = -1
+        # Per event loop: its client and the async generator whose closing closes it.
+        self._aclients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[aredis.Redis, AsyncIterator[None]]
+        ] = weakref.WeakKeyDictionary()
 
     @property
     def client(self) -> redis.Redis:
@@ -204,30 +212,68 @@ class RedisConnection:
         """``fn(client)``, retried with jittered backoff on connection errors for
         ``retry_for`` seconds from the first failure (default: this connection's),
         then ``unavailable``."""
-        window = self.retry_for if retry_for is None else retry_for
-        deadline = 0.0  # set at the first failure: a long blocking call still gets retries
-        delay = 0.05
-        attempt = 0
+        backoff = _Backoff(self, retry_for)
         while True:
             try:
                 return fn(self.client)
             except PERMANENT as exc:
-                where = redact_url(self.url)
-                raise self.unavailable(f"Redis at {where}: {_refusal(exc)}") from None
+                raise backoff.refused(exc) from None
             except TRANSIENT as exc:
-                attempt += 1
-                if attempt == 1:
-                    deadline = time.monotonic() + window
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    where = redact_url(self.url)
-                    raise self.unavailable(
-                        f"Redis at {where} unavailable after {attempt} attempts: {exc}"
-                    ) from None
-                if attempt == 1:
-                    logger.warning("Redis connection error (%s); retrying", exc)
-                time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
-                delay = min(delay * 2, 2.0)
+                time.sleep(backoff.next_delay(exc))
+
+    async def aexecute(self, *args: Any, retry_for: float | None = None) -> Any:
+        """One command from a coroutine, on the running event loop's own client, with
+        the retries of ``call``; no thread is involved."""
+        backoff = _Backoff(self, retry_for)
+        # packed by hiredis: redis-py's asyncio client packs in Python, per argument
+        packed = hiredis.pack_command(args)
+        while True:
+            try:
+                return await self._asend(packed)
+            except PERMANENT as exc:
+                raise backoff.refused(exc) from None
+            except TRANSIENT as exc:
+                await asyncio.sleep(backoff.next_delay(exc))
+
+    async def _asend(self, packed: bytes) -> Any:
+        pool = (await self._aclient()).connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            return await conn.read_response()
+        except ResponseError:
+            raise  # an answer: the connection is fine
+        except BaseException:
+            await conn.disconnect()  # the next use reconnects
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def _aclient(self) -> aredis.Redis:
+        """The running loop's client, made on first use and closed when the loop shuts
+        its async generators down (``asyncio.run`` does), or when it is collected."""
+        loop = asyncio.get_running_loop()
+        held = self._aclients.get(loop)
+        if held is None:
+            tcp: dict[str, Any] = {}
+            if not self.url.startswith("unix://"):
+                tcp["socket_keepalive"] = True
+            try:
+                client = aredis.Redis.from_url(
+                    _with_redis_py_names(self.url),
+                    socket_timeout=SOCKET_TIMEOUT,
+                    socket_connect_timeout=CONNECT_TIMEOUT,
+                    retry_on_timeout=False,
+                    driver_info=None,
+                    **tcp,
+                )
+            except ValueError as exc:
+                raise _malformed(self.url, exc) from None
+            keeper = _close_with_loop(client)
+            held = self._aclients[loop] = (client, keeper)
+            # started, so that the loop tracks it: its shutdown closes the client
+            await anext(keeper)
+        return held[0]
 
     def execute(self, *args: Any) -> Any:
         """One command on an idle connection, without redis-py's pool bookkeeping (its
@@ -300,6 +346,45 @@ class RedisConnection:
                 while self._idle:
                     self._idle.pop().disconnect()  # type: ignore[no-untyped-call]
             self._idle_pid = -1
+
+
+class _Backoff:
+    """The retry policy of one call: jittered exponential delays for ``retry_for``
+    seconds from its first failure (a long blocking call still gets its retries)."""
+
+    def __init__(self, conn: RedisConnection, retry_for: float | None):
+        self.conn = conn
+        self.window = conn.retry_for if retry_for is None else retry_for
+        self.deadline = 0.0
+        self.delay = 0.05
+        self.attempt = 0
+
+    def refused(self, exc: Exception) -> ConveyorError:
+        return self.conn.unavailable(f"Redis at {redact_url(self.conn.url)}: {_refusal(exc)}")
+
+    def next_delay(self, exc: Exception) -> float:
+        """Seconds to wait before the next attempt; raises ``unavailable`` past the window."""
+        self.attempt += 1
+        if self.attempt == 1:
+            self.deadline = time.monotonic() + self.window
+            logger.warning("Redis connection error (%s); retrying", exc)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            where = redact_url(self.conn.url)
+            raise self.conn.unavailable(
+                f"Redis at {where} unavailable after {self.attempt} attempts: {exc}"
+            ) from None
+        wait = min(left, self.delay * random.uniform(0.5, 1.5))
+        self.delay = min(self.delay * 2, 2.0)
+        return wait
+
+
+async def _close_with_loop(client: aredis.Redis) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
 
 
 @dataclass(frozen=True, slots=True)

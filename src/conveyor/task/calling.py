@@ -165,17 +165,25 @@ class Calling(Generic[P, R]):
                 kwargs,
                 countdown=countdown,
                 eta=eta,
-                expires=expires if expires is not None else self.expires,
-                queue=queue or self.queue,
-                priority=priority if priority is not None else self.priority,
                 task_id=task_id,
-                ignore_result=self.ignore_result if ignore_result is None else ignore_result,
+                **self._routed(expires, queue, priority, ignore_result),
                 **options,
             )
         except BaseException:
             if claim is not None and task_id is not None:
                 app.broker.release_claim(claim, task_id)  # nothing was sent
             raise
+
+    def _routed(
+        self, expires: Any, queue: str | None, priority: int | None, ignore_result: bool | None
+    ) -> dict[str, Any]:
+        """What a call leaves out, from the task's own options."""
+        return {
+            "expires": expires if expires is not None else self.expires,
+            "queue": queue or self.queue,
+            "priority": priority if priority is not None else self.priority,
+            "ignore_result": self.ignore_result if ignore_result is None else ignore_result,
+        }
 
     def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """``delay``, once the surrounding Django database transaction commits (at once
@@ -234,10 +242,11 @@ class Calling(Generic[P, R]):
     ) -> AsyncResult[R]:
         """``apply_async`` for async code: sends the task without blocking the event loop.
 
-        The arguments are checked here, before anything else; the publish itself runs
-        in a thread of the loop's default executor (``asyncio.to_thread``) until the
-        brokers have native asyncio clients. Cancelling the await does not unsend: the
-        message may still be published.
+        The arguments are checked here, before anything else. On Redis the message is
+        published by the loop's own asyncio client, the concurrent sends of its
+        coroutines together, each returning once Redis holds its message; elsewhere
+        (and with ``unique_key``, or eager) in a thread of the loop's default executor.
+        Cancelling the await does not unsend: the message may still be published.
 
         Args:
             args, kwargs, options: as for ``apply_async``.
@@ -249,7 +258,22 @@ class Calling(Generic[P, R]):
         args = list(args or ())
         kwargs = dict(kwargs or {})
         self.check_arguments(args, kwargs)
-        return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+        if (
+            self.app.conf.task_always_eager
+            or options.get("unique_key") is not None
+            or self.unique_key is not None
+        ):  # an eager run, a uniqueness claim: blocking work, in a thread
+            return await asyncio.to_thread(self.apply_async, args, kwargs, **options)
+        options.pop("unique_for", None)
+        options.pop("unique_until", None)
+        options.pop("unique_key", None)
+        routed = self._routed(
+            options.pop("expires", None),
+            options.pop("queue", None),
+            options.pop("priority", None),
+            options.pop("ignore_result", None),
+        )
+        return await self.app.asend_task(self.name, args, kwargs, **routed, **options)
 
     # -- running here, now ---------------------------------------------------------------
 

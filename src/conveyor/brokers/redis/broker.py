@@ -17,11 +17,13 @@ meanwhile, so no lease is reclaimed until every live worker could renew again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import secrets
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -40,11 +42,12 @@ from conveyor.brokers.base import (
     Reclaimed,
     check_priority,
 )
+from conveyor.brokers.coalescing import AsyncCoalescer
 from conveyor.brokers.redis.coordination import RedisCoordination
 from conveyor.brokers.redis.keys import QueueKeys, queue_keys, queues_key, revoked_key, stall_key
 from conveyor.brokers.redis.lua import Scripts
 from conveyor.brokers.redis.monitoring import RedisMonitoring
-from conveyor.brokers.redis.server import server_warnings
+from conveyor.brokers.redis.server import aread_settings, judge, server_warnings
 from conveyor.exceptions import BrokerUnavailable
 from conveyor.storage.redis import KeyWrite, RedisConnection, as_str
 
@@ -97,6 +100,9 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
         self._conn = RedisConnection(url, BrokerUnavailable, retry_for)
         self._scripts = Scripts(self._conn)
         self._registered: set[str] = set()
+        self._acoalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncCoalescer] = (
+            weakref.WeakKeyDictionary()
+        )
         # When this process last found Redis out of reach or stalled, or reached it
         # again after that (monotonic): reclaim waits one lease from then.
         self._unreachable_at = -math.inf
@@ -189,11 +195,48 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
 
     # -- producing -------------------------------------------------------------
 
+    def validate(self, message: OutgoingMessage) -> None:
+        check_priority(message.priority)
+        self._keys(message.queue)  # validates the name before anything is written
+
     def publish_many(self, messages: Sequence[OutgoingMessage]) -> None:
         for m in messages:
-            check_priority(m.priority)
-            self._keys(m.queue)  # validates the name before anything is written
+            self.validate(m)
         self._check_once()
+        calls = self._publish_calls(messages)
+        for queue in {m.queue for m in messages}:
+            self._register(queue)
+        if len(calls) == 1:  # one script is atomic by itself
+            self._run("publish", *calls[0])
+        else:
+            self._call(lambda _: self._scripts.run_atomically("publish", calls))
+
+    async def apublish(self, message: OutgoingMessage) -> None:
+        """See ``Broker.apublish``: natively on the loop's own asyncio client, the
+        concurrent calls of its coroutines sent together."""
+        self.validate(message)
+        loop = asyncio.get_running_loop()
+        coalescer = self._acoalescers.get(loop)
+        if coalescer is None:
+            coalescer = self._acoalescers[loop] = AsyncCoalescer(self._apublish_many)
+        await coalescer.publish(message)
+
+    async def _apublish_many(self, messages: Sequence[OutgoingMessage]) -> None:
+        if not self._checked:  # once per process, as _check_once
+            settings = await aread_settings(self._conn)
+            for warning in judge(self.url, *settings, self.options.allow_eviction):
+                logger.warning("%s", warning)
+            self._checked = True
+        for queue in {m.queue for m in messages} - self._registered:
+            await self._conn.aexecute("SADD", queues_key(self.prefix), queue)
+            self._registered.add(queue)
+        # at most MAX_BATCH messages: one script call, atomic by itself
+        for keys, args in self._publish_calls(messages):
+            await self._scripts.arun("publish", keys, args)
+
+    def _publish_calls(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> list[tuple[list[str], list[Any]]]:
         calls = []
         # Lua's unpack() has a stack limit: scripts take bounded batches.
         for start in range(0, len(messages), PUBLISH_BATCH):
@@ -209,12 +252,7 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
                 eta = "" if m.eta is None else _us(m.eta)
                 args += [index[m.queue], m.id, m.body, m.priority, eta]
             calls.append((keys, args))
-        for queue in {m.queue for m in messages}:
-            self._register(queue)
-        if len(calls) == 1:  # one script is atomic by itself
-            self._run("publish", *calls[0])
-        else:
-            self._call(lambda _: self._scripts.run_atomically("publish", calls))
+        return calls
 
     # -- consuming -------------------------------------------------------------
 

@@ -64,6 +64,15 @@ class Scripts:
             self._conn.execute("SCRIPT", "LOAD", self._sources[name])
             return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
 
+    async def arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """``run`` from a coroutine (``RedisConnection.aexecute``: retried, no thread)."""
+        sha = self._shas[name]
+        try:
+            return await self._conn.aexecute("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._conn.aexecute("SCRIPT", "LOAD", self._sources[name])
+            return await self._conn.aexecute("EVALSHA", sha, len(keys), *keys, *args)
+
     def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
     ) -> list[Any]:

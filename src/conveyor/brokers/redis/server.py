@@ -21,7 +21,11 @@ SAFE_POLICY = "noeviction"
 
 
 def _info(conn: RedisConnection, section: str) -> dict[str, str]:
-    text = as_str(conn.execute("INFO", section))
+    return _parse_info(conn.execute("INFO", section))
+
+
+def _parse_info(reply: Any) -> dict[str, str]:
+    text = as_str(reply)
     fields = (line.partition(":") for line in text.splitlines() if ":" in line)
     return {name: value.strip() for name, _, value in fields}
 
@@ -53,11 +57,35 @@ def read_settings(conn: RedisConnection) -> tuple[str | None, bool | None]:
     return memory.get("maxmemory_policy"), True if aof == "1" else None
 
 
+async def aread_settings(conn: RedisConnection) -> tuple[str | None, bool | None]:
+    """``read_settings`` from a coroutine (no thread)."""
+    try:
+        policy, appendonly, save = [
+            _config_value(await conn.aexecute("CONFIG", "GET", name))
+            for name in ("maxmemory-policy", "appendonly", "save")
+        ]
+    except ResponseError:
+        pass
+    else:
+        return policy or None, appendonly == "yes" or bool(save.strip())
+    try:
+        memory = _parse_info(await conn.aexecute("INFO", "memory"))
+        persistence = _parse_info(await conn.aexecute("INFO", "persistence"))
+    except ResponseError:
+        return None, None
+    aof = persistence.get("aof_enabled")
+    return memory.get("maxmemory_policy"), True if aof == "1" else None
+
+
 def server_warnings(conn: RedisConnection, allow_eviction: bool) -> list[str]:
     """What the worker should warn about; raises ConfigurationError for an evicting
     server unless ``allow_eviction``."""
-    policy, persistent = read_settings(conn)
-    where = redact_url(conn.url)
+    return judge(conn.url, *read_settings(conn), allow_eviction)
+
+
+def judge(url: str, policy: str | None, persistent: bool | None, allow_eviction: bool) -> list[str]:
+    """``server_warnings`` from settings already read."""
+    where = redact_url(url)
     warnings = []
     if policy is not None and policy != SAFE_POLICY:
         risk = (
