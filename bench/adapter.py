@@ -12,15 +12,21 @@ one-liner around ``bench.record.record``:
   ``i`` with the start time as ``extra``;
 * ``late(i, due)``: record ``i`` with ``due`` (seconds since the epoch) as ``extra``;
 * ``echo(i)``: return ``i`` with the result stored (round trip, Redis cost).
+
+A ``*_tasks`` module also reads ``BENCH_PROFILE``: ``tutorial`` applies the settings
+of the deployment tutorial users follow (docs/deployment.md), in the module as the
+tutorial does, not as worker flags.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import ClassVar
 
 #: Every system, in the order of the tables; each is ``bench.systems.<name>_adapter``.
 SYSTEMS = ("conveyor", "conveyor_events", "celery", "dramatiq", "rq", "arq", "saq")
@@ -29,8 +35,13 @@ SYSTEMS = ("conveyor", "conveyor_events", "celery", "dramatiq", "rq", "arq", "sa
 #: cost of a feature (``conveyor_events``: workers started with ``-E``).
 VARIANTS: dict[str, tuple[str, ...]] = {"conveyor_events": ("enqueue+drain", "cost")}
 
-#: The scenarios whose worker an adapter configures.
-WORKER_ROLES = ("drain", "io", "delayed", "roundtrip")
+#: The scenarios whose worker an adapter configures (``tutorial``: prefork, concurrency
+#: 4 and ``BENCH_PROFILE=tutorial``; ``defaults``: the threads pool and nothing else).
+WORKER_ROLES = ("drain", "io", "delayed", "roundtrip", "tutorial", "defaults")
+
+#: Scenarios of a deployment or an API not every system has: a system takes part
+#: only if its adapter names them in ``Adapter.optional``; the others are skipped.
+OPTIONAL_SCENARIOS = ("tutorial", "tutorial_results", "defaults", "producers")
 
 
 @dataclass
@@ -46,6 +57,13 @@ class Adapter:
     """One system; subclasses live in ``bench/systems/<name>_adapter.py``."""
 
     name = ""
+    #: The ``OPTIONAL_SCENARIOS`` this system takes part in.
+    optional: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def supports(cls, scenario: str) -> bool:
+        """Whether this system takes part in ``scenario``."""
+        return scenario not in OPTIONAL_SCENARIOS or scenario in cls.optional
 
     def __init__(self, redis_url: str):
         self.redis_url = redis_url
@@ -63,6 +81,16 @@ class Adapter:
         """Send ``task(i)`` for each ``i`` with the system's bulk API; False if it has none."""
         return False
 
+    def enqueue_threads(self, task: str, ids: Sequence[int], threads: int) -> bool:
+        """Send ``task(i)`` for each ``i`` one call each, from ``threads`` threads of this
+        process at once (each an equal share); False if the system does not support it."""
+        return False
+
+    def enqueue_async(self, task: str, ids: Sequence[int], coroutines: int) -> bool:
+        """Send ``task(i)`` for each ``i`` one await each, from ``coroutines`` asyncio tasks
+        of one event loop at once; False if the system has no asyncio API for it."""
+        return False
+
     def pending(self) -> int:
         """Messages waiting in the default queue (to check that enqueue lost nothing)."""
         raise NotImplementedError
@@ -73,7 +101,8 @@ class Adapter:
         raise NotImplementedError
 
     def worker(self, role: str, concurrency: int) -> WorkerSpec:
-        """The worker command for ``role`` (one of ``WORKER_ROLES``)."""
+        """The worker command for ``role`` (one of ``WORKER_ROLES``; ``defaults`` leaves
+        the concurrency to the system, ``concurrency`` is then only for the label)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -106,8 +135,37 @@ def send_each(tasks: ModuleType, task: str, ids: Sequence[int], countdown: float
         send((i,), countdown=countdown)
 
 
+def send_in_threads(send: Callable[[int], object], ids: Sequence[int], threads: int) -> None:
+    """``send(i)`` for each ``i`` from ``threads`` threads, each with every
+    ``threads``-th id, released together once all exist; re-raises a thread's error."""
+    start = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def run(share: Sequence[int]) -> None:
+        start.wait()
+        try:
+            for i in share:
+                send(i)
+        except BaseException as exc:  # the caller re-raises it
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(ids[k::threads],)) for k in range(threads)]
+    for thread in pool:
+        thread.start()
+    start.wait()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def adapter_class(name: str) -> type[Adapter]:
+    """The adapter class of system ``name`` (imports its module: run in its environment)."""
+    module = importlib.import_module(f"bench.systems.{name}_adapter")
+    cls: type[Adapter] = module.ADAPTER
+    return cls
+
+
 def load(name: str, redis_url: str) -> Adapter:
     """The adapter of system ``name``."""
-    module = importlib.import_module(f"bench.systems.{name}_adapter")
-    adapter: Adapter = module.ADAPTER(redis_url)
-    return adapter
+    return adapter_class(name)(redis_url)

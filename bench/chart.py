@@ -16,9 +16,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 PANELS = (
+    ("tutorial", "drain_per_s", "tutorial deployment: drain (tasks/s, higher is better)"),
+    ("tutorial_results", "drain_per_s", "tutorial deployment, results stored: drain"),
+    ("defaults", "drain_per_s", "defaults, threads pool: drain (tasks/s)"),
+    ("producers", "threads32_per_s", "producers: 32 threads (tasks/s)"),
     ("enqueue+drain", "enqueue_per_s", "enqueue, one call each (tasks/s, higher is better)"),
     ("bulk", "bulk_per_s", "enqueue, bulk (tasks/s)"),
-    ("enqueue+drain", "drain_per_s", "drain, concurrency 2 (tasks/s)"),
+    ("enqueue+drain", "drain_per_s", "drain, concurrency 2, tuned (tasks/s)"),
     ("roundtrip", "p50_ms", "round trip p50 (ms, lower is better)"),
     ("io", "seconds", "I/O-bound 2,000 x 20 ms at 50 (s; ideal 0.8)"),
     ("delayed", "late_p99_ms", "countdown lateness p99 (ms)"),
@@ -31,7 +35,7 @@ ORDER = ("conveyor", "celery", "dramatiq", "rq", "arq", "saq")
 def main(source: str, target: str) -> None:
     data = json.loads(Path(source).read_text())
     runs = data["runs"]
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    fig, axes = plt.subplots(3, 4, figsize=(18, 12))
     for ax, (scenario, key, title) in zip(axes.flat, PANELS, strict=True):
         names, mids, lows, highs = [], [], [], []
         for system in ORDER:
@@ -50,6 +54,11 @@ def main(source: str, target: str) -> None:
             mids.append(mid)
             lows.append(mid - min(found))
             highs.append(max(found) - mid)
+        if not names:
+            ax.set_title(title, fontsize=9)
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         colors = ["#d62728" if n == "conveyor" else "#7f7f7f" for n in names]
         ax.bar(names, mids, yerr=[lows, highs], color=colors, capsize=3)
         ax.set_title(title, fontsize=9)

@@ -162,6 +162,52 @@ class CommandCounter:
                 self.total[name] += int(stats["calls"])
 
 
+class RawLoop:
+    """The cheapest call a producer could make per task, from this process with
+    redis-py: ``EVALSHA`` of a script that does one ``LPUSH`` of a 200-byte value,
+    waiting for each reply. ``one_connection`` sends on one connection
+    (``send_command``, ``read_response``: the floor of one round trip per call on
+    this machine); ``through_client`` through ``Redis.evalsha``, whose pool checkout
+    per call costs about as much again on loopback. ``close`` checks every push
+    arrived and deletes the key."""
+
+    SCRIPT = "return redis.call('LPUSH', KEYS[1], ARGV[1])"
+    KEY = "bench:raw"
+    VALUE = b"x" * 200
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self.sha = client.script_load(self.SCRIPT)
+        self.conn = client.connection_pool.get_connection()
+        self.calls = 0
+
+    def one_connection(self, n: int) -> float:
+        """``n`` calls on one connection; the seconds they took."""
+        send, read, args = self.conn.send_command, self.conn.read_response, (self.sha, 1)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            send("EVALSHA", *args, self.KEY, self.VALUE)  # type: ignore[no-untyped-call]
+            read()
+        self.calls += n
+        return time.perf_counter() - t0
+
+    def through_client(self, n: int) -> float:
+        """``n`` calls through ``Redis.evalsha``; the seconds they took."""
+        evalsha = self.client.evalsha
+        t0 = time.perf_counter()
+        for _ in range(n):
+            evalsha(self.sha, 1, self.KEY, self.VALUE)
+        self.calls += n
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.client.connection_pool.release(self.conn)
+        pushed = self.client.llen(self.KEY)
+        self.client.delete(self.KEY)
+        if pushed != self.calls:
+            raise RuntimeError(f"the raw loop pushed {pushed} values, not {self.calls}")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0-100), nearest rank."""
     ordered = sorted(values)

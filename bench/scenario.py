@@ -3,12 +3,15 @@
 ``python -m bench.scenario SYSTEM SCENARIO --redis URL --n N --workdir DIR``, run
 with the system's own interpreter from the repository root. The redis-server is
 flushed first; the worker, if any, is stopped before the process ends.
+``python -m bench.scenario SYSTEM --supported`` prints the scenarios the system
+takes part in, as a JSON list.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -19,10 +22,11 @@ from typing import Any
 
 import redis
 
-from bench.adapter import Adapter, load
+from bench.adapter import Adapter, adapter_class, load
 from bench.harness import (
     CommandCounter,
     Monitor,
+    RawLoop,
     Records,
     percentile,
     start_worker,
@@ -31,6 +35,14 @@ from bench.harness import (
 )
 
 CONCURRENCY = 2
+#: ``--concurrency=4``, as in the tutorial's worker command.
+TUTORIAL_CONCURRENCY = 4
+#: Threads of one producer process sending at once (a threaded web server).
+PRODUCER_THREADS = 32
+#: asyncio tasks of one event loop sending at once (an async web server).
+PRODUCER_COROUTINES = 64
+#: Calls per slice of the raw loop and of one thread's sends, alternated.
+RAW_SLICE = 200
 IO_CONCURRENCY = 50
 SLEEP_SECONDS = 0.020
 COUNTDOWN = 2.0
@@ -70,10 +82,11 @@ class Context:
         figures["duplicates"] = run.duplicates()
         return figures
 
-    def check_pending(self) -> int:
+    def check_pending(self, expected: int | None = None) -> int:
+        expected = self.n if expected is None else expected
         pending = self.adapter.pending()
-        if pending != self.n:
-            raise RuntimeError(f"{pending} messages queued after sending {self.n}")
+        if pending != expected:
+            raise RuntimeError(f"{pending} messages queued after sending {expected}")
         return pending
 
 
@@ -100,6 +113,97 @@ def enqueue_and_drain(ctx: Context) -> dict[str, Any]:
         "pool": pool,
         **figures,
     }
+
+
+def drain_queued(ctx: Context, task: str, role: str, concurrency: int) -> dict[str, Any]:
+    """Queue ``n`` ``task`` (bulk API where the system has one: enqueue is not the
+    point), then drain them with one ``role`` worker, from its start to the last task."""
+    expected = range(ctx.n)
+    if not ctx.adapter.enqueue_bulk(task, expected):
+        ctx.adapter.enqueue(task, expected)
+    ctx.check_pending()
+    ctx.counter.reset()
+    proc, pool, started = ctx.worker(role, concurrency)
+    figures = ctx.finish(proc, expected)
+    ctx.counter.collect()
+    if not ctx.records.run.seen:
+        raise RuntimeError("no task ran")
+    drain_seconds = ctx.records.run.last_time() - started
+    return {
+        "drain_seconds": drain_seconds,
+        "drain_per_s": ctx.n / drain_seconds,
+        "redis_commands_per_task": sum(ctx.counter.total.values()) / ctx.n,
+        "redis_commands": dict(ctx.counter.total.most_common()),
+        "pool": pool,
+        **figures,
+    }
+
+
+def tutorial(ctx: Context) -> dict[str, Any]:
+    """The tutorial's deployment (prefork, concurrency 4, prefetch 1, acks late)
+    draining ``n`` no-op tasks, results ignored."""
+    return drain_queued(ctx, "noop", "tutorial", TUTORIAL_CONCURRENCY)
+
+
+def tutorial_results(ctx: Context) -> dict[str, Any]:
+    """The same with each task's result stored in the result backend (same Redis)."""
+    return drain_queued(ctx, "echo", "tutorial", TUTORIAL_CONCURRENCY)
+
+
+def defaults(ctx: Context) -> dict[str, Any]:
+    """The system's default configuration with its threads pool draining ``n`` no-op tasks."""
+    return drain_queued(ctx, "noop", "defaults", os.cpu_count() or 1)
+
+
+def producers(ctx: Context) -> dict[str, Any]:
+    """``n`` no-op tasks sent by each way of sending, each checked in the queue; then
+    one worker runs them all, to check that each was sent exactly once.
+
+    ``raw_per_s`` is the floor of one round trip per call (``harness.RawLoop``),
+    measured in slices alternating with those of one thread's ``delay`` so that both
+    meet the same placement of processes on the CPUs (the round trip varies several
+    times over with it); a way the system lacks is None."""
+    n = ctx.n
+    adapter = ctx.adapter
+    raw = RawLoop(ctx.client)
+    seconds = {"raw": 0.0, "raw_client": 0.0, "one_thread": 0.0}
+    try:
+        for start in range(0, n, RAW_SLICE):
+            size = min(RAW_SLICE, n - start)
+            seconds["raw"] += raw.one_connection(size)
+            seconds["raw_client"] += raw.through_client(size)
+            t0 = time.perf_counter()
+            adapter.enqueue("noop", range(start, start + size))
+            seconds["one_thread"] += time.perf_counter() - t0
+    finally:
+        raw.close()
+    ctx.check_pending(n)
+    figures: dict[str, Any] = {
+        "raw_per_s": n / seconds["raw"],
+        "raw_client_per_s": n / seconds["raw_client"],
+        "one_thread_per_s": n / seconds["one_thread"],
+    }
+    figures["one_thread_vs_raw"] = figures["one_thread_per_s"] / figures["raw_per_s"]
+    ways: list[tuple[str, Callable[[range], bool]]] = [
+        ("threads32_per_s", lambda ids: adapter.enqueue_threads("noop", ids, PRODUCER_THREADS)),
+        ("asyncio64_per_s", lambda ids: adapter.enqueue_async("noop", ids, PRODUCER_COROUTINES)),
+        ("bulk_per_s", lambda ids: adapter.enqueue_bulk("noop", ids)),
+    ]
+    sent = n
+    for key, send in ways:
+        t0 = time.perf_counter()
+        supported = send(range(sent, sent + n))
+        elapsed = time.perf_counter() - t0
+        if not supported:
+            figures[key] = None
+            continue
+        sent += n
+        ctx.check_pending(sent)
+        figures[key] = n / elapsed
+    proc, pool, _ = ctx.worker("drain", CONCURRENCY)
+    figures.update(ctx.finish(proc, range(sent)))
+    figures["pool"] = f"check: {pool}"
+    return figures
 
 
 def bulk(ctx: Context) -> dict[str, Any]:
@@ -203,6 +307,10 @@ def cost(ctx: Context) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "tutorial": tutorial,
+    "tutorial_results": tutorial_results,
+    "defaults": defaults,
+    "producers": producers,
     "enqueue+drain": enqueue_and_drain,
     "bulk": bulk,
     "roundtrip": roundtrip,
@@ -215,13 +323,23 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("system")
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--redis", required=True)
-    parser.add_argument("--n", type=int, required=True)
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("scenario", nargs="?", choices=sorted(SCENARIOS))
+    parser.add_argument("--supported", action="store_true", help="list SYSTEM's scenarios")
+    parser.add_argument("--redis")
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--workdir", type=Path)
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
+    if args.supported:
+        cls = adapter_class(args.system)
+        print(json.dumps([s for s in SCENARIOS if cls.supports(s)]), flush=True)
+        return 0
+    if args.scenario is None or args.redis is None or args.n is None or args.workdir is None:
+        parser.error("SCENARIO, --redis, --n and --workdir are required")
     result: dict[str, Any] = {"system": args.system, "scenario": args.scenario, "n": args.n}
+    if not adapter_class(args.system).supports(args.scenario):
+        print(json.dumps({**result, "ok": True, "supported": False}), flush=True)
+        return 0
     adapter = load(args.system, args.redis)
     try:
         ctx = Context(adapter, args.n, args.workdir, args.timeout)

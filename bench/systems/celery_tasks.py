@@ -10,9 +10,15 @@ from celery import Celery
 from bench.record import record
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PROFILE = os.environ.get("BENCH_PROFILE", "")
 app = Celery("bench", broker=URL, backend=URL)
 # Set explicitly (to its effective default) so the worker does not warn about it.
 app.conf.broker_connection_retry_on_startup = True
+if PROFILE == "tutorial":
+    # the deployment tutorial's app/celery_app.py (docs/deployment.md)
+    app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
+elif PROFILE:
+    raise ValueError(f"unknown BENCH_PROFILE {PROFILE!r}")
 
 
 @app.task(ignore_result=True)

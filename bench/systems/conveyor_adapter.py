@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from bench.adapter import Adapter, WorkerSpec, send_each, timed_calls
+from bench.adapter import (
+    OPTIONAL_SCENARIOS,
+    Adapter,
+    WorkerSpec,
+    send_each,
+    send_in_threads,
+    timed_calls,
+)
 
 #: ``--prefetch-multiplier`` for no-op tasks (the default, 1, suits long tasks).
 DRAIN_PREFETCH = 64
@@ -15,6 +23,7 @@ DRAIN_PREFETCH = 64
 
 class ConveyorAdapter(Adapter):
     name = "conveyor"
+    optional = frozenset(OPTIONAL_SCENARIOS)
 
     def __init__(self, redis_url: str):
         super().__init__(redis_url)
@@ -40,6 +49,23 @@ class ConveyorAdapter(Adapter):
                 delay(i)
         return True
 
+    def enqueue_threads(self, task: str, ids: Sequence[int], threads: int) -> bool:
+        send_in_threads(getattr(self.tasks, task).delay, ids, threads)
+        return True
+
+    def enqueue_async(self, task: str, ids: Sequence[int], coroutines: int) -> bool:
+        adelay = getattr(self.tasks, task).adelay
+
+        async def send(share: Sequence[int]) -> None:
+            for i in share:
+                await adelay(i)
+
+        async def main() -> None:
+            await asyncio.gather(*(send(ids[k::coroutines]) for k in range(coroutines)))
+
+        asyncio.run(main())
+        return True
+
     def pending(self) -> int:
         return sum(q.ready for q in self.tasks.app.broker.stats(["celery"]))
 
@@ -49,17 +75,17 @@ class ConveyorAdapter(Adapter):
 
     def worker(self, role: str, concurrency: int) -> WorkerSpec:
         conveyor = os.path.join(os.path.dirname(sys.executable), "conveyor")
-        base = [
-            conveyor,
-            "-A",
-            "bench.systems.conveyor_tasks",
-            "worker",
-            "-l",
-            "warning",
-            "-c",
-            str(concurrency),
-        ]
+        base = [conveyor, "-A", "bench.systems.conveyor_tasks", "worker", "-l", "warning"]
         env = {"BENCH_REDIS_URL": self.redis_url}
+        if role == "tutorial":
+            # the tutorial's worker command; its settings come from the tasks module
+            env["BENCH_PROFILE"] = "tutorial"
+            argv = [*base, "-P", "prefork", "-c", str(concurrency)]
+            return WorkerSpec(argv, f"prefork x{concurrency}, tutorial settings", env)
+        if role == "defaults":
+            argv = [*base, "-P", "threads"]
+            return WorkerSpec(argv, f"threads, defaults (x{concurrency} CPUs)", env)
+        base += ["-c", str(concurrency)]
         if role == "io":
             return WorkerSpec([*base, "-P", "asyncio"], f"asyncio x{concurrency}", env)
         if role in ("drain", "delayed"):

@@ -10,7 +10,13 @@ from bench.record import record
 from conveyor import Conveyor
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PROFILE = os.environ.get("BENCH_PROFILE", "")
 app = Conveyor("bench", broker=URL, backend=URL)
+if PROFILE == "tutorial":
+    # examples/tutorial/app/celery_app.py (both are conveyor's defaults already)
+    app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
+elif PROFILE:
+    raise ValueError(f"unknown BENCH_PROFILE {PROFILE!r}")
 
 
 @app.task(ignore_result=True)
