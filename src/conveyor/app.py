@@ -463,7 +463,7 @@ class Conveyor:
                 ``task_create_missing_queues`` is False, or a ``routing_key`` reaches
                 no declared queue, or several.
         """
-        message, msg, result = self._compose(
+        message, msg = self._compose(
             name,
             args,
             kwargs,
@@ -480,7 +480,7 @@ class Conveyor:
             **options,
         )
         self._publish(message, msg)
-        return result
+        return self._handle(msg)
 
     async def asend_task(
         self,
@@ -492,13 +492,13 @@ class Conveyor:
         """``send_task`` for async code: the message is published on the event loop
         itself where the broker has an asyncio client (Redis), the concurrent sends of
         the loop's coroutines together; it returns once the broker holds it."""
-        message, msg, result = self._compose(name, args, kwargs, **options)
+        message, msg = self._compose(name, args, kwargs, **options)
         if getattr(self._batches, "stacks", {}).get(id(self)):
             self._publish(message, msg)  # held by this thread's publishing() block
         else:
             await self.broker.apublish(message)
             self.hooks.after_publish(self, msg)
-        return result
+        return self._handle(msg)
 
     def _compose(
         self,
@@ -517,8 +517,8 @@ class Conveyor:
         root_id: str | None = None,
         headers: dict[str, Any] | None = None,
         **options: Any,
-    ) -> tuple[OutgoingMessage, wire.Message, AsyncResult]:
-        """The message ``send_task`` publishes, its envelope, and the caller's handle."""
+    ) -> tuple[OutgoingMessage, wire.Message]:
+        """The message ``send_task`` publishes, and its envelope."""
         if not self._finalized:
             self.finalize()
         # Celery's routing_key and exchange find a queue of task_queues (conveyor.queues)
@@ -552,14 +552,18 @@ class Conveyor:
         )
         self.hooks.before_publish(self, msg)  # may add headers: encoded after
         body = sign(wire.encode(msg), self.conf.message_signing_keys)
-        message = OutgoingMessage(task_id, queue, body, priority, msg.eta)
-        result: AsyncResult[Any] = AsyncResult(task_id, self)
+        return OutgoingMessage(task_id, queue, body, priority, msg.eta), msg
+
+    def _handle(self, msg: wire.Message) -> AsyncResult:
+        """The caller's handle on a message just sent (made after the send, so that a
+        broker that cannot be reached is the error a caller sees first)."""
+        result: AsyncResult[Any] = AsyncResult(msg.id, self)
         result.sent_at = time.monotonic()
         result.ignored = msg.ignore_result
         if canvas.LINK in msg.headers or canvas.CHAIN in msg.headers:
             # their ids were chosen above: the children are known before the task runs
             result.expected_children = functools.partial(canvas.sent_children, msg.headers, self)
-        return message, msg, result
+        return result
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         """A handle on a task's result by id."""

@@ -55,6 +55,8 @@ logger = logging.getLogger("conveyor.worker")
 
 #: Seconds between two checks of running tasks for revokes with terminate=True.
 REVOKE_CHECK_EVERY = 0.5
+#: Longest a shutdown signal received during start-up waits for worker_ready.
+READY_WAIT = 5.0
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ class Worker:
         )
         size = options.autoscale[1] if options.autoscale else options.concurrency
         self._shutdown = threading.Event()
+        self._ready = threading.Event()
         self._stop_fetching = threading.Event()
         self._cold = threading.Event()
         # With autoscale, fetch for the largest pool: demand above the pool's size is
@@ -185,6 +188,7 @@ class Worker:
         for service in self.services:
             service.start()
         self.hooks.worker_ready(self)
+        self._ready.set()
 
     @staticmethod
     def _spawn(target: Callable[[], None], name: str) -> threading.Thread:
@@ -232,6 +236,10 @@ class Worker:
     def _on_signal(self, signum: int) -> None:
         """SIGTERM / SIGINT, in the signal relay's thread (see ``conveyor.relay``)."""
         name = signal.Signals(signum).name
+        # A signal during start-up (tasks may run before it ends) is told after
+        # worker_ready: receivers see the worker's life in order. Never for long: a
+        # start that hangs must not keep the worker from stopping.
+        self._ready.wait(READY_WAIT)
         cold = self._shutdown.is_set()
         if cold:
             logger.warning("%s again: cold shutdown, returning running tasks to the queue", name)
