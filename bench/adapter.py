@@ -15,7 +15,8 @@ one-liner around ``bench.record.record``:
 
 A ``*_tasks`` module also reads ``BENCH_PROFILE``: ``tutorial`` applies the settings
 of the deployment tutorial users follow (docs/deployment.md), in the module as the
-tutorial does, not as worker flags.
+tutorial does, not as worker flags. ``EMBEDDED_SYSTEMS`` (Huey) take part only in the
+SQLite scenario, which runs ``noop`` alone: their modules define only that task.
 """
 
 from __future__ import annotations
@@ -29,19 +30,43 @@ from types import ModuleType
 from typing import ClassVar
 
 #: Every system, in the order of the tables; each is ``bench.systems.<name>_adapter``.
-SYSTEMS = ("conveyor", "conveyor_events", "celery", "dramatiq", "rq", "arq", "saq")
+SYSTEMS = ("conveyor", "conveyor_events", "celery", "dramatiq", "rq", "arq", "saq", "huey")
+
+#: Systems measured only beside conveyor's embedded SQLite broker (no server), not as
+#: Redis peers: they take part in the ``EMBEDDED_SCENARIOS`` only.
+EMBEDDED_SYSTEMS = ("huey",)
 
 #: Variants of conveyor, not peers: measured beside it in some scenarios only, for the
 #: cost of a feature (``conveyor_events``: workers started with ``-E``).
 VARIANTS: dict[str, tuple[str, ...]] = {"conveyor_events": ("enqueue+drain", "cost")}
 
 #: The scenarios whose worker an adapter configures (``tutorial``: prefork, concurrency
-#: 4 and ``BENCH_PROFILE=tutorial``; ``defaults``: the threads pool and nothing else).
-WORKER_ROLES = ("drain", "io", "delayed", "roundtrip", "tutorial", "defaults")
+#: 4 and ``BENCH_PROFILE=tutorial``; ``defaults``: the threads pool and nothing else;
+#: ``sqlite_threads`` / ``sqlite_processes``: a worker of threads / processes on the
+#: system's embedded SQLite storage, otherwise the system's defaults).
+WORKER_ROLES = (
+    "drain",
+    "io",
+    "delayed",
+    "roundtrip",
+    "tutorial",
+    "defaults",
+    "sqlite_threads",
+    "sqlite_processes",
+)
 
 #: Scenarios of a deployment or an API not every system has: a system takes part
 #: only if its adapter names them in ``Adapter.optional``; the others are skipped.
 OPTIONAL_SCENARIOS = ("tutorial", "tutorial_results", "defaults", "producers")
+
+#: Scenarios on each system's embedded SQLite storage, with no server: only the adapters
+#: that name them in ``Adapter.optional`` take part (conveyor and ``EMBEDDED_SYSTEMS``).
+EMBEDDED_SCENARIOS = ("sqlite",)
+
+#: In the ``EMBEDDED_SCENARIOS``, the run's own SQLite file for the system (set by
+#: ``bench.scenario`` before the adapter loads, inherited by the worker): the tasks
+#: module then stores its queue there instead of in Redis.
+SQLITE_PATH_ENV = "BENCH_SQLITE_PATH"
 
 
 @dataclass
@@ -57,13 +82,15 @@ class Adapter:
     """One system; subclasses live in ``bench/systems/<name>_adapter.py``."""
 
     name = ""
-    #: The ``OPTIONAL_SCENARIOS`` this system takes part in.
+    #: The ``OPTIONAL_SCENARIOS`` and ``EMBEDDED_SCENARIOS`` this system takes part in.
     optional: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def supports(cls, scenario: str) -> bool:
         """Whether this system takes part in ``scenario``."""
-        return scenario not in OPTIONAL_SCENARIOS or scenario in cls.optional
+        if scenario in OPTIONAL_SCENARIOS or scenario in EMBEDDED_SCENARIOS:
+            return scenario in cls.optional
+        return True
 
     def __init__(self, redis_url: str):
         self.redis_url = redis_url

@@ -28,14 +28,17 @@ PANELS = (
     ("delayed", "late_p99_ms", "countdown lateness p99 (ms)"),
     ("cost", "ignored_commands_per_task", "Redis commands/task, results ignored"),
     ("enqueue+drain", "worker_rss_mb", "worker memory, PSS, after drain (MiB)"),
+    ("sqlite", "enqueue_per_s", "SQLite, no server: enqueue, one call each (tasks/s)"),
+    ("sqlite", "drain_threads_per_s", "SQLite: drain, 2 threads (tasks/s)"),
+    ("sqlite", "drain_processes_per_s", "SQLite: drain, 2 processes (tasks/s)"),
 )
-ORDER = ("conveyor", "celery", "dramatiq", "rq", "arq", "saq")
+ORDER = ("conveyor", "celery", "dramatiq", "rq", "arq", "saq", "huey")
 
 
 def main(source: str, target: str) -> None:
     data = json.loads(Path(source).read_text())
     runs = data["runs"]
-    fig, axes = plt.subplots(3, 4, figsize=(18, 12))
+    fig, axes = plt.subplots(3, 5, figsize=(22, 12))
     for ax, (scenario, key, title) in zip(axes.flat, PANELS, strict=True):
         names, mids, lows, highs = [], [], [], []
         for system in ORDER:
@@ -68,8 +71,8 @@ def main(source: str, target: str) -> None:
             ax.annotate(label, (i, v), ha="center", va="bottom", fontsize=7)
     m = data["info"]["machine"]
     fig.suptitle(
-        f"conveyor beside its peers · {m['date']} · {m['cpu']} · redis-server "
-        f"{m['redis-server']} · median of {data['info']['reps']} run(s), bars min-max",
+        f"conveyor beside its peers (SQLite: beside Huey) · {m['date']} · {m['cpu']} · "
+        f"redis-server {m['redis-server']} · median of {data['info']['reps']} run(s), bars min-max",
         fontsize=10,
     )
     fig.tight_layout()

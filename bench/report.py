@@ -1,6 +1,7 @@
 """The markdown report of a benchmark run: conveyor's aims, then medians (min-max) per
 system: first where users are (the tutorial's deployment, the defaults, producers),
-then each system's tuned configuration."""
+then each system's tuned configuration, then conveyor's embedded SQLite broker beside
+Huey's."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.adapter import SYSTEMS, VARIANTS
+from bench.adapter import EMBEDDED_SYSTEMS, SYSTEMS, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,41 @@ TUNED = (
     Metric("cost", "stored_commands_per_task", "Redis commands/task, results stored", "", False, 2),
     Metric(
         "cost", "stored_script_commands_per_task", "  + commands inside Lua scripts", "", False, 2
+    ),
+)
+
+
+#: Embedded, no server: each system on its own SQLite file (conveyor beside Huey).
+EMBEDDED = (
+    Metric("sqlite", "enqueue_per_s", "enqueue, one call each", "tasks/s", True),
+    Metric("sqlite", "bulk_per_s", "enqueue, bulk (`with app.publishing():`)", "tasks/s", True),
+    Metric("sqlite", "drain_threads_per_s", "drain, 2 threads", "tasks/s", True),
+    Metric(
+        "sqlite",
+        "drain_processes_per_s",
+        "drain, 2 processes (conveyor's default prefork)",
+        "tasks/s",
+        True,
+    ),
+    Metric(
+        "sqlite",
+        "drain_threads_first_seconds",
+        "drain, 2 threads: worker start to first task",
+        "s",
+        False,
+        2,
+    ),
+    Metric(
+        "sqlite",
+        "drain_processes_first_seconds",
+        "drain, 2 processes: worker start to first task",
+        "s",
+        False,
+        2,
+    ),
+    Metric("sqlite", "threads_worker_rss_mb", "worker memory (PSS), 2 threads", "MiB", False, 1),
+    Metric(
+        "sqlite", "processes_worker_rss_mb", "worker memory (PSS), 2 processes", "MiB", False, 1
     ),
 )
 
@@ -154,7 +190,11 @@ def verdict(ok: bool | None) -> str:
 
 def aims(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(aim, measured, verdict) for each of conveyor's aims."""
-    peers = [s for s in systems_in(runs) if s != "conveyor" and s not in VARIANTS]
+    peers = [
+        s
+        for s in systems_in(runs)
+        if s != "conveyor" and s not in VARIANTS and s not in EMBEDDED_SYSTEMS
+    ]
     rows: list[tuple[str, str, str]] = []
 
     def ours(scenario: str, key: str) -> float | None:
@@ -262,6 +302,23 @@ def aims(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, str]]:
             verdict(None if cmds is None else cmds <= 4),
         )
     )
+    ratio_row("SQLite enqueue, one call each: ≥2x Huey", "sqlite", "enqueue_per_s", 2, 0, ["huey"])
+    drains = [
+        (label, value, theirs)
+        for label in ("threads", "processes")
+        if (value := ours("sqlite", f"drain_{label}_per_s")) is not None
+        and (theirs := median(runs, "huey", "sqlite", f"drain_{label}_per_s")) is not None
+    ]
+    rows.append(
+        (
+            "SQLite drain: ≥2x Huey (2 threads, and 2 processes)",
+            "; ".join(
+                f"{label}: {v:,.0f}/s = {v / h:.1f}x Huey ({h:,.0f}/s)" for label, v, h in drains
+            )
+            or "not measured",
+            verdict(all(v >= 2 * h for _, v, h in drains) if drains else None),
+        )
+    )
     io = ours("io", "seconds")
     ideal = ours("io", "ideal_seconds")
     rows.append(
@@ -289,6 +346,25 @@ def figures_table(runs: Sequence[dict[str, Any]], metrics: Sequence[Metric]) -> 
         unit = f" ({metric.unit})" if metric.unit else ""
         best = "↑" if metric.higher_is_better else "↓"
         out.append(f"| {metric.title}{unit} {best} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def ratio_table(
+    runs: Sequence[dict[str, Any]], metrics: Sequence[Metric], peer: str, name: str
+) -> list[str]:
+    """The markdown table of ``metrics`` for conveyor and ``peer`` (shown as ``name``),
+    with the ratio of their medians (conveyor / ``peer``)."""
+    if not any(r["scenario"] in {m.scenario for m in metrics} for r in runs):
+        return ["Not measured in this run.", ""]
+    out = [f"| | conveyor | {name} | conveyor/{name} |", "|---|---|---|---|"]
+    for metric in metrics:
+        ours = median(runs, "conveyor", metric.scenario, metric.key)
+        theirs = median(runs, peer, metric.scenario, metric.key)
+        ratio = f"{ours / theirs:.2f}x" if ours is not None and theirs else "-"
+        cells = [metric_cell(runs, s, metric) for s in ("conveyor", peer)]
+        unit = f" ({metric.unit})" if metric.unit else ""
+        best = "↑" if metric.higher_is_better else "↓"
+        out.append(f"| {metric.title}{unit} {best} | " + " | ".join(cells) + f" | {ratio} |")
     return [*out, ""]
 
 
@@ -351,6 +427,24 @@ def render(info: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
         "",
     ]
     out += figures_table(runs, TUNED)
+    out += ["## Embedded, no server: conveyor on SQLite beside Huey", ""]
+    if any(r["scenario"] == "sqlite" for r in runs):
+        out += [
+            "Each system's queue in its own fresh SQLite file, no Redis (the run fails if "
+            "Redis sees a command): conveyor with broker and results at "
+            "`sqlite:///<workdir>/conveyor.db`, Huey 3 with `SqliteHuey(filename=..., "
+            "results=False, fsync=False)` (`PRAGMA synchronous=OFF`, less durable than "
+            "conveyor's `NORMAL`). No-op tasks, results ignored: sent one call each, then "
+            "drained by a worker of 2 threads (`conveyor worker -P threads -c 2`, "
+            "`huey_consumer -w 2 -k thread`); as many again sent with conveyor's bulk API "
+            "(Huey has none: one call each, untimed) and drained by a worker of 2 "
+            "processes (`conveyor worker -c 2`, its default prefork pool and settings; "
+            "`huey_consumer -w 2 -k process`). Huey polls every millisecond (`-d 0.001 "
+            "-b 1.0`; its default starts at 100 ms and backs off). A drain: from the "
+            "worker's start to the last execution. Both on the same SQLite library.",
+            "",
+        ]
+    out += ratio_table(runs, EMBEDDED, "huey", "Huey")
     out += [
         "## Configuration and correctness",
         "",

@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bench.adapter import Adapter, adapter_class, load
+from bench.adapter import EMBEDDED_SCENARIOS, SQLITE_PATH_ENV, Adapter, adapter_class, load
 from bench.harness import (
     CommandCounter,
     Monitor,
@@ -300,10 +300,67 @@ def cost(ctx: Context) -> dict[str, Any]:
         figures[f"{label}_commands"] = dict(monitor.client_commands.most_common())
         figures[f"{label}_script_commands"] = dict(monitor.script_commands.most_common())
         figures["lost"] += phase["lost"]
-        figures["duplicates"] += phase["duplicates"]
         figures["complete"] = figures.get("complete", True) and phase["complete"]
         figures["pool"] = pool
+    # over the whole run (each phase's count already is)
+    figures["duplicates"] = ctx.records.run.duplicates()
     return figures
+
+
+def sqlite(ctx: Context) -> dict[str, Any]:
+    """Each system on its own embedded SQLite file, no server (conveyor beside Huey):
+    ``n`` no-op tasks sent one call each, drained by a worker of 2 threads; ``n`` more
+    sent with the bulk API where the system has one (else one call each, not timed),
+    drained by a worker of 2 processes. Each drain: from the worker's start to the last
+    execution. Redis must see no command from the system meanwhile."""
+    n = ctx.n
+    adapter = ctx.adapter
+    ctx.counter.reset()
+    figures: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    adapter.enqueue("noop", range(n))
+    figures["enqueue_per_s"] = n / (time.perf_counter() - t0)
+    ctx.check_pending(n)
+    pools = []
+    complete = True
+    lost = 0
+    for label, role, ids in (
+        ("threads", "sqlite_threads", range(n)),
+        ("processes", "sqlite_processes", range(n, 2 * n)),
+    ):
+        if label == "processes":
+            t0 = time.perf_counter()
+            if adapter.enqueue_bulk("noop", ids):
+                figures["bulk_per_s"] = n / (time.perf_counter() - t0)
+            else:
+                figures["bulk_per_s"] = None
+                adapter.enqueue("noop", ids)
+            ctx.check_pending(n)
+        before = ctx.records.run.executions
+        proc, pool, started = ctx.worker(role, CONCURRENCY)
+        phase = ctx.finish(proc, ids, extra=before)
+        ran = [t for i in ids for t, _ in ctx.records.run.seen.get(i, ())]
+        if not ran:
+            raise RuntimeError(f"no task ran on the {label} worker")
+        seconds = max(ran) - started
+        figures[f"drain_{label}_seconds"] = seconds
+        figures[f"drain_{label}_first_seconds"] = min(ran) - started  # the worker's start-up
+        figures[f"drain_{label}_per_s"] = n / seconds
+        figures[f"{label}_worker_rss_mb"] = phase.get("worker_rss_mb")
+        pools.append(pool)
+        complete = complete and phase["complete"]
+        lost += phase["lost"]
+    ctx.counter.collect()
+    redis_commands = sum(ctx.counter.total.values())
+    if redis_commands:
+        raise RuntimeError(f"Redis ran {redis_commands} commands: {dict(ctx.counter.total)}")
+    return {
+        **figures,
+        "pool": "; ".join(pools),
+        "complete": complete,
+        "lost": lost,
+        "duplicates": ctx.records.run.duplicates(),
+    }
 
 
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -317,6 +374,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "io": io_bound,
     "delayed": delayed,
     "cost": cost,
+    "sqlite": sqlite,
 }
 
 
@@ -340,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     if not adapter_class(args.system).supports(args.scenario):
         print(json.dumps({**result, "ok": True, "supported": False}), flush=True)
         return 0
+    if args.scenario in EMBEDDED_SCENARIOS:
+        # read by the tasks module when the adapter imports it, and by the worker
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        os.environ[SQLITE_PATH_ENV] = str(args.workdir.resolve() / f"{args.system}.db")
     adapter = load(args.system, args.redis)
     try:
         ctx = Context(adapter, args.n, args.workdir, args.timeout)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 
 from bench.adapter import (
+    EMBEDDED_SCENARIOS,
     OPTIONAL_SCENARIOS,
+    SQLITE_PATH_ENV,
     Adapter,
     WorkerSpec,
     send_each,
@@ -23,7 +26,7 @@ DRAIN_PREFETCH = 64
 
 class ConveyorAdapter(Adapter):
     name = "conveyor"
-    optional = frozenset(OPTIONAL_SCENARIOS)
+    optional = frozenset(OPTIONAL_SCENARIOS + EMBEDDED_SCENARIOS)
 
     def __init__(self, redis_url: str):
         super().__init__(redis_url)
@@ -37,6 +40,7 @@ class ConveyorAdapter(Adapter):
             "conveyor": version("conveyor"),
             "redis-py": version("redis"),
             "hiredis": version("hiredis"),
+            "SQLite": sqlite3.sqlite_version,
         }
 
     def enqueue(self, task: str, ids: Sequence[int], countdown: float | None = None) -> None:
@@ -77,6 +81,13 @@ class ConveyorAdapter(Adapter):
         conveyor = os.path.join(os.path.dirname(sys.executable), "conveyor")
         base = [conveyor, "-A", "bench.systems.conveyor_tasks", "worker", "-l", "warning"]
         env = {"BENCH_REDIS_URL": self.redis_url}
+        if role in ("sqlite_threads", "sqlite_processes"):
+            # the broker (and results) in the run's SQLite file; the default settings
+            env[SQLITE_PATH_ENV] = os.environ[SQLITE_PATH_ENV]
+            argv = [*base, "-c", str(concurrency)]
+            if role == "sqlite_threads":
+                return WorkerSpec([*argv, "-P", "threads"], f"threads x{concurrency}", env)
+            return WorkerSpec(argv, f"prefork x{concurrency} (the default pool)", env)
         if role == "tutorial":
             # the tutorial's worker command; its settings come from the tasks module
             env["BENCH_PROFILE"] = "tutorial"

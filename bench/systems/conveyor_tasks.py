@@ -6,10 +6,17 @@ import asyncio
 import os
 import time
 
+from bench.adapter import SQLITE_PATH_ENV
 from bench.record import record
 from conveyor import Conveyor
 
-URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: The embedded SQLite scenario: broker and results in the run's own file, no Redis.
+SQLITE_PATH = os.environ.get(SQLITE_PATH_ENV, "")
+URL = (
+    f"sqlite:///{SQLITE_PATH}"
+    if SQLITE_PATH
+    else os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+)
 PROFILE = os.environ.get("BENCH_PROFILE", "")
 app = Conveyor("bench", broker=URL, backend=URL)
 if PROFILE == "tutorial":
