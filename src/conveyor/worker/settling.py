@@ -88,7 +88,9 @@ class Settler:
         if self.pool.may_settle_inline() and self._lock.acquire(blocking=False):
             try:
                 if self._outcomes.empty():
-                    self._settle_batch([(job, outcome)])
+                    # no refill here: the fetch loop fetches for this room meanwhile,
+                    # while this thread's ack is on its way (two round trips in flight)
+                    self._settle_batch([(job, outcome)], refill=False)
                     return
             finally:
                 self._lock.release()
@@ -131,7 +133,7 @@ class Settler:
 
     # -- settling ------------------------------------------------------------------------
 
-    def _settle_batch(self, batch: list[tuple[Job, Outcome]]) -> None:
+    def _settle_batch(self, batch: list[tuple[Job, Outcome]], *, refill: bool = True) -> None:
         """Early acks, the hooks' ``finished``, then acks and results; under the lock."""
         early = [job for job, outcome in batch if outcome is _EARLY_ACK]
         if early:
@@ -144,7 +146,7 @@ class Settler:
             self.hooks.finished(job, tasks.get(job.message.task), outcome)
         self.holdings.mark_settling(job for job, _ in batch)
         try:
-            self._settle([(j, self._pseudo_outcome(j, o)) for j, o in batch])
+            self._settle([(j, self._pseudo_outcome(j, o)) for j, o in batch], refill)
         except Exception:
             logger.exception("settling %d outcomes failed; leases will expire", len(batch))
         finally:
@@ -192,7 +194,7 @@ class Settler:
                 logger.warning("%s succeeded again", what)
             return result
 
-    def _settle(self, batch: list[tuple[Job, Outcome]]) -> None:
+    def _settle(self, batch: list[tuple[Job, Outcome]], refill: bool = True) -> None:
         finished = [(j, o) for j, o in batch if o.state not in (LOST, states.RETRY, REJECTED)]
         # dead_letter_on_failure: a failure for good goes to the dead letters, not away
         dead = [
@@ -209,14 +211,14 @@ class Settler:
         acks: list[bool] = []
         if late:
             # the room these acks free is refilled in the same round trip
-            with self.refill(len(batch)) as refill:
+            with self.refill(len(batch)) if refill else _no_refill(0) as more:
                 acks, fetched = self.through_outage(
                     "ack",
                     lambda: self.broker.ack_and_fetch(
-                        late, stored, refill.queues, refill.room, consumer=refill.consumer
+                        late, stored, more.queues, more.room, consumer=more.consumer
                     ),
                 )
-                refill.admit(fetched)
+                more.admit(fetched)
         accepted = dict(zip((d.token for d in late), acks, strict=True))
         for job in dead:
             accepted[job.delivery.token] = self._dead_letter_failure(job)
