@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers redis browser unit lock clean docs dashboard-screenshots bench bench-quick bench-lock chaos
+.PHONY: demo test lint typecheck layers redis browser unit lock clean docs dashboard-screenshots bench bench-quick bench-lock bench-memory chaos
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@./scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -61,6 +61,11 @@ bench: $(STAMP) redis
 bench-quick: $(STAMP) redis
 	@./bench/setup.sh "$(PYTHON)"
 	$(BIN)/python -m bench.run --quick
+
+# One worker's memory over 1,000,000 no-op tasks: exit 1 if its main process grows by 5 MiB
+# or more after warm-up. Options: python -m bench.worker_memory --help.
+bench-memory: $(STAMP) redis
+	$(BIN)/python -m bench.worker_memory
 
 bench-lock:
 	./bench/setup.sh "$(PYTHON)" --lock
