@@ -117,9 +117,8 @@ def stop_worker(proc: subprocess.Popen[bytes], grace: float = 2.0) -> None:
     proc.wait()
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Memory of ``pid`` and all its descendants, in MiB: the sum of their proportional
-    set sizes (PSS), so pages a forked pool shares with its parent count once."""
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children...), from ``/proc``."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -130,11 +129,20 @@ def tree_rss_mb(pid: int) -> float:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry.name))
-    total_kb = 0
-    todo = [pid]
+    found: list[int] = []
+    todo = list(children.get(pid, []))
     while todo:
         current = todo.pop()
+        found.append(current)
         todo.extend(children.get(current, []))
+    return sorted(found)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Memory of ``pid`` and all its descendants, in MiB: the sum of their proportional
+    set sizes (PSS), so pages a forked pool shares with its parent count once."""
+    total_kb = 0
+    for current in [pid, *descendants(pid)]:
         try:
             for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):

@@ -83,7 +83,11 @@ class Holdings:
     def room(self) -> int:
         """How many more unacknowledged jobs may be held now (negative while over)."""
         with self.cond:
-            return self.capacity - len(self._jobs) + self._acked
+            return self._room()
+
+    def _room(self) -> int:
+        # caller holds the condition
+        return self.capacity - (len(self._jobs) - self._acked)
 
     def jobs(self) -> list[Job]:
         with self.cond:
@@ -114,10 +118,10 @@ class Holdings:
         ``stop``); calls ``beat`` while it waits (the fetch loop is healthy, only full).
         Returns the room left."""
         with self.cond:
-            while len(self._jobs) - self._acked >= self.capacity and not stop.is_set():
+            while self._room() < 1 and not stop.is_set():
                 beat()
                 self.cond.wait(0.5)
-            return self.capacity - len(self._jobs) + self._acked
+            return self._room()
 
     def wait_empty(self, until: float, give_up: threading.Event) -> list[Job]:
         """Wait until nothing is held, ``until`` (monotonic) passes or ``give_up`` is
