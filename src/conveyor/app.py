@@ -222,6 +222,8 @@ class Conveyor:
                         dead_letter_max=self.conf.broker_dead_letter_max,
                         dead_letter_expires=self.conf.broker_dead_letter_expires,
                         allow_eviction=self.conf.redis_allow_eviction,
+                        transport_options=self.conf.broker_transport_options,
+                        replica_acks=self.conf.broker_replica_acks,
                     )
                     self._broker = connect_broker(self.broker_url, options)
         return self._broker
@@ -232,7 +234,16 @@ class Conveyor:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    self._backend = connect_backend(self.backend_url)
+                    conf = self.conf
+                    options = conf.result_backend_transport_options
+                    if not options and self.backend_url == self.broker_url:
+                        # results beside the messages: the broker's way to the server
+                        options = conf.broker_transport_options
+                    self._backend = connect_backend(
+                        self.backend_url,
+                        transport_options=options,
+                        replica_acks=conf.broker_replica_acks,
+                    )
         return self._backend
 
     @property

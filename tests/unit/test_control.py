@@ -298,7 +298,7 @@ def test_settings_are_shown_with_secrets_masked(make_app: MakeApp) -> None:
     app = make_app(
         message_signing_keys=[SIGNING_KEY],
         broker_read_url="redis://operator:hunter2-secret@replica:6379/0",
-        broker_transport_options={"sentinel_kwargs": {"password": "hunter3"}, "x": 1},
+        broker_transport_options={"sentinel_kwargs": {"password": "hunter3"}, "master_name": "m"},
     )
 
     shown = visible_settings(app.conf)
@@ -309,7 +309,7 @@ def test_settings_are_shown_with_secrets_masked(make_app: MakeApp) -> None:
     assert SIGNING_KEY not in text
     assert shown["message_signing_keys"] == MASK
     assert shown["broker_read_url"] == "redis://operator:***@replica:6379/0"
-    assert shown["broker_transport_options"]["x"] == 1
+    assert shown["broker_transport_options"]["master_name"] == "m"
     assert shown["broker_url"].startswith("memory://")
     assert "task_default_queue" not in shown
     assert visible_settings(app.conf, with_defaults=True)["task_default_queue"] == "celery"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
@@ -96,13 +96,31 @@ class RedisResultBackend(ResultBackend):
         prefix: the key prefix (overrides the URL's); default ``conveyor``.
         retry_for: seconds to retry a call while Redis cannot be reached, after
             which it raises ``BackendError``.
+        transport_options: ``master_name`` (and ``sentinel_kwargs``) for a
+            ``sentinel://`` URL (``result_backend_transport_options``).
+        replica_acks: replicas that must hold each result write before it returns.
     """
 
-    def __init__(self, url: str, *, prefix: str | None = None, retry_for: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        retry_for: float = 10.0,
+        transport_options: Mapping[str, Any] | None = None,
+        replica_acks: int = 0,
+    ) -> None:
         self.url = url
         connect_url, url_prefix = split_prefix(url)
         self.prefix = prefix or url_prefix or DEFAULT_PREFIX
-        self._conn = RedisConnection(connect_url, BackendError, retry_for=retry_for)
+        self._conn = RedisConnection(
+            connect_url,
+            BackendError,
+            retry_for=retry_for,
+            transport_options=transport_options,
+            options_setting="result_backend_transport_options",
+            replica_acks=replica_acks,
+        )
         self._local = threading.local()
 
     def _key(self, task_id: str) -> str:
@@ -124,7 +142,7 @@ class RedisResultBackend(ResultBackend):
             commands.append(("PUBLISH", w.key, w.notify))
         if commands:
             # No MULTI: each SET is idempotent, so a retried partial batch is harmless.
-            self._conn.call(lambda _: self._conn.execute_many(commands))
+            self._conn.call(lambda _: self._conn.execute_many(commands, replicated=True))
 
     def writes_for(self, broker: object, writes: Sequence[ResultWrite]) -> list[object] | None:
         """Key writes for a Redis broker on this same server (the same URL)."""

@@ -9,7 +9,7 @@ from conveyor.exceptions import ConfigurationError
 
 __all__ = ["SCHEMES", "connect_broker"]
 
-SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "unix://")
+SCHEMES = ("memory://", "sqlite://", "redis://", "rediss://", "unix://", "sentinel://")
 
 # memory:// only works if the producer and the worker thread of one process
 # reach the same broker object, and they build theirs separately from the same
@@ -20,7 +20,9 @@ _memory_lock = threading.Lock()
 
 def connect_broker(url: str, options: BrokerOptions | None = None) -> Broker:
     """The broker for ``url``: ``memory://[name]``, ``sqlite:///path/to/file.sqlite3``,
-    ``redis://[user:password@]host:port/db``, ``rediss://...`` or ``unix:///path``.
+    ``redis://[user:password@]host:port/db``, ``rediss://...``, ``unix:///path``, or
+    Redis behind Sentinel: ``sentinel://host1:26379;sentinel://host2:26379/0`` (with
+    ``options.transport_options["master_name"]``).
 
     Within one process, every ``memory://`` URL with the same name returns the
     same broker (made with the options of the first call).
@@ -42,7 +44,7 @@ def connect_broker(url: str, options: BrokerOptions | None = None) -> Broker:
         from conveyor.brokers.sqlite import SqliteBroker
 
         return SqliteBroker(url, options)
-    if sep and scheme in ("redis", "rediss", "unix"):
+    if sep and scheme in ("redis", "rediss", "unix", "sentinel"):
         from conveyor.brokers.redis import RedisBroker
 
         retry_for = (options or BrokerOptions()).connection_timeout

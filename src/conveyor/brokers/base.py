@@ -33,6 +33,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from conveyor.brokers.coalescing import Coalescer
 from conveyor.config import redact_url
@@ -154,6 +155,9 @@ class BrokerOptions:
     many dead letters (the oldest go first), each for at most this many seconds.
     ``allow_eviction``: use a server that may evict data under memory pressure
     (Redis ``maxmemory-policy`` other than ``noeviction``), which is refused otherwise.
+    ``transport_options``: how to reach the server (Sentinel's ``master_name``).
+    ``replica_acks``: replicas that must hold each publish, ack and result write
+    before it returns (Redis ``WAIT``).
     """
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -162,6 +166,8 @@ class BrokerOptions:
     dead_letter_max: int = DEFAULT_DEAD_LETTER_MAX
     dead_letter_expires: float = DEFAULT_DEAD_LETTER_EXPIRES
     allow_eviction: bool = False
+    transport_options: Mapping[str, Any] = field(default_factory=dict)
+    replica_acks: int = 0
 
 
 class Broker(ABC):

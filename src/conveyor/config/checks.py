@@ -271,3 +271,72 @@ def timezone(value: Any) -> str:
             why = f"did you mean {close[0]!r}?" if close else ""
             raise Invalid("an IANA time zone name", why) from None
     return name
+
+
+#: The transport options conveyor reads (Redis behind Sentinel).
+TRANSPORT_OPTIONS: Final = ("master_name", "sentinel_kwargs")
+
+_LEASES = (
+    "workers renew the leases of what they hold (`broker_lease_timeout`): a long or "
+    "delayed task is never delivered twice."
+)
+_OWN_SOCKETS = "conveyor sets its own timeouts and TCP keepalive on every connection."
+_PRIORITIES = "each queue keeps priorities 0-9 in exact order; there are no priority steps."
+_RETRIES = "calls retry through outages for `broker_connection_timeout` seconds."
+#: kombu's Redis transport options conveyor accepts without needing them: name -> why.
+IGNORED_TRANSPORT_OPTIONS: Final = {
+    "visibility_timeout": _LEASES,
+    "unacked_mutex_expire": _LEASES,
+    "unacked_mutex_key": _LEASES,
+    "unacked_restore_limit": _LEASES,
+    "unacked_key": _LEASES,
+    "ack_emulation": _LEASES,
+    "polling_interval": "workers wait on Redis without polling.",
+    "brpop_timeout": "workers wait on Redis without polling.",
+    "fanout_prefix": "broadcasts do not use Redis pub/sub channels.",
+    "fanout_patterns": "broadcasts do not use Redis pub/sub channels.",
+    "priority_steps": _PRIORITIES,
+    "sep": _PRIORITIES,
+    "queue_order_strategy": _PRIORITIES,
+    "max_connections": "each process opens connections as its threads need them.",
+    "socket_timeout": _OWN_SOCKETS,
+    "socket_connect_timeout": _OWN_SOCKETS,
+    "socket_keepalive": _OWN_SOCKETS,
+    "socket_keepalive_options": _OWN_SOCKETS,
+    "health_check_interval": _OWN_SOCKETS,
+    "retry_on_timeout": _OWN_SOCKETS,
+    "client_name": _OWN_SOCKETS,
+    "max_retries": _RETRIES,
+    "interval_start": _RETRIES,
+    "interval_step": _RETRIES,
+    "interval_max": _RETRIES,
+    "retry_policy": _RETRIES,
+    "confirm_publish": "a send returns once Redis has answered that it holds the message.",
+    "global_keyprefix": (
+        "conveyor's keys start with `conveyor:`; give each app its own database (`/1`)."
+    ),
+}
+
+
+def transport_options(value: Any) -> dict[str, Any]:
+    expected = "a dict such as {'master_name': 'mymaster'}"
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid(expected)
+    for key in value:
+        if not isinstance(key, str):
+            raise Invalid(expected, f"option names are strings, got {key!r}")
+        if key in TRANSPORT_OPTIONS or key in IGNORED_TRANSPORT_OPTIONS:
+            continue
+        known = [*TRANSPORT_OPTIONS, *IGNORED_TRANSPORT_OPTIONS]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = (
+            f"; did you mean {close[0]!r}?" if close else f" (conveyor reads {TRANSPORT_OPTIONS})"
+        )
+        raise Invalid(expected, f"unknown option {key!r}{hint}")
+    if "master_name" in value and not isinstance(value["master_name"], str):
+        raise Invalid(expected, "master_name is the name the sentinels monitor, a string")
+    if not isinstance(value.get("sentinel_kwargs") or {}, dict):
+        raise Invalid(expected, "sentinel_kwargs is a dict, such as {'password': '...'}")
+    return dict(value)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from conveyor.config import names
-from conveyor.config.checks import Invalid, url
+from conveyor.config.checks import IGNORED_TRANSPORT_OPTIONS, Invalid, url
 from conveyor.config.table import IGNORED, SETTINGS
 from conveyor.config.urls import (
     BROKER_URL_ENV,
@@ -173,8 +174,14 @@ class Settings(MutableMapping[str, Any]):
         }
 
     def ignored_settings(self) -> list[tuple[str, str]]:
-        """``(name, reason)`` for each Celery setting that was set but conveyor does not need."""
-        return [(name, IGNORED[name]) for name in self._values if name in IGNORED]
+        """``(name, reason)`` for each Celery setting that was set but conveyor does not need,
+        and for each such transport option (``broker_transport_options['visibility_timeout']``)."""
+        found = [(name, IGNORED[name]) for name in self._values if name in IGNORED]
+        for setting in ("broker_transport_options", "result_backend_transport_options"):
+            for option in self._values[setting]:
+                if option in IGNORED_TRANSPORT_OPTIONS:
+                    found.append((f"{setting}[{option!r}]", IGNORED_TRANSPORT_OPTIONS[option]))
+        return found
 
     def broker_url_resolved(self) -> str:
         """The broker URL: ``broker_url``, else ``$CONVEYOR_BROKER_URL``, else the SQLite file."""
@@ -241,10 +248,23 @@ def _invalid(shown_name: str, value: Any, exc: Invalid, *, secret: bool = False)
     return f"{message}: {exc.why}" if exc.why else message
 
 
+# A key inside a setting's value (transport options, say) that names a secret.
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|auth|credential|private", re.IGNORECASE)
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "***" if isinstance(k, str) and _SECRET_KEY.search(k) and v else _without_secrets(v)
+            for k, v in value.items()
+        }
+    return value
+
+
 def _shown(value: Any, *, secret: bool = False) -> str:
     if secret:
         return "***"
-    shown = redact_url(repr(value))
+    shown = redact_url(repr(_without_secrets(value)))
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 

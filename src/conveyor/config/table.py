@@ -72,6 +72,21 @@ _BROKER = (
     Setting("broker_dead_letter_expires", 180 * 86400.0, c.seconds(), CONVEYOR_ONLY,
             "Seconds (or a timedelta) a dead letter is kept before it is dropped (180 days).",
             "Celery has no dead-letter store on Redis; Sidekiq keeps its dead set 6 months."),
+    Setting("broker_transport_options", {}, c.transport_options, {},
+            "How to reach the broker's server: for Redis behind Sentinel (a "
+            "`sentinel://` URL), `master_name`, the name the sentinels monitor, and "
+            "`sentinel_kwargs`, the sentinels' own connection options such as their "
+            "`password`. kombu's other Redis options are accepted and logged at start-up "
+            "as not needed (`visibility_timeout`: leases are renewed instead).",
+            "Celery's `visibility_timeout` is not needed: a long task is never "
+            "delivered twice."),
+    Setting("broker_replica_acks", 0, c.integer(0), CONVEYOR_ONLY,
+            "Redis replicas that must hold each publish, acknowledgement and result write "
+            "before it returns (Redis `WAIT`), so that a task whose `delay()` returned "
+            "survives a failover. Past `broker_connection_timeout` without them the call "
+            "raises `BrokerUnavailable` (the write is on the master).",
+            "Celery has no such setting: a failover can drop what the old master "
+            "acknowledged."),
     Setting("redis_allow_eviction", False, c.boolean, CONVEYOR_ONLY,
             "Use a Redis whose `maxmemory-policy` is not `noeviction`. Such a server deletes "
             "keys under memory pressure, and queued tasks with them, without an error; "
@@ -179,6 +194,10 @@ _MESSAGES = (
 )
 
 _RESULTS = (
+    Setting("result_backend_transport_options", {}, c.transport_options, {},
+            "How to reach the result backend's server: `master_name` and `sentinel_kwargs` "
+            "for a `sentinel://` URL. Unset while results live beside the messages (no "
+            "`result_backend`, or the broker's URL): the broker's options apply."),
     Setting("result_backend", None, c.url, None,
             f"Where results go. None: `${RESULT_BACKEND_ENV}`, else the broker URL.",
             "Celery stores no results unless a backend is set; conveyor stores them beside the "

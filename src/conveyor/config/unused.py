@@ -43,8 +43,6 @@ def _no_backend(what: str, names: Iterable[str]) -> dict[str, str]:
 
 # fmt: off
 BROKER: Final[Mapping[str, str]] = {
-    "broker_transport_options": "`visibility_timeout` is replaced by leases the worker renews "
-                                "(`broker_lease_timeout`); kombu's transport options do not apply.",
     **_same(_RECONNECTS, "broker_connection_retry", "broker_connection_retry_on_startup",
             "broker_connection_max_retries", "broker_channel_error_retry"),
     **_same("one URL serves producers and workers: set `broker_url`.",
@@ -103,7 +101,6 @@ RESULTS: Final[Mapping[str, str]] = {
                 "always_retry", "max_retries", "base_sleep_between_retries_ms",
                 "max_sleep_between_retries_ms"),
     "result_backend_thread_safe": "each process has one backend, shared by its threads.",
-    "result_backend_transport_options": "no kombu transports: options go in the URL.",
     "result_compression": "results are not compressed.",
     "result_extended": "results are always stored with their extended fields.",
     "result_cache_max": "results are not cached in the caller: `get()` reads the backend.",

@@ -21,10 +21,17 @@ _QUERY_SECRET = re.compile(
 )
 
 
+# Where one URL of a list ends: Sentinel's ``sentinel://a:26379;sentinel://b:26379/0``.
+_NEXT_URL = re.compile(r";(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
     """``url`` (or any text holding URLs) with passwords replaced by ``***``, for logs:
     in the userinfo of any scheme, and in query parameters such as ``?password=``."""
-    return _QUERY_SECRET.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+    return ";".join(
+        _QUERY_SECRET.sub(r"\1***", _PASSWORD.sub(r"\1***@", part))
+        for part in _NEXT_URL.split(url)
+    )
 
 
 def from_env(variable: str) -> str | None:

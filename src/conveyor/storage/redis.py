@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,12 +38,19 @@ import hiredis
 import redis
 import redis.asyncio as aredis
 from redis.connection import ConnectionInterface, SSLConnection
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor.config import redact_url
 from conveyor.exceptions import ConfigurationError, ConveyorError
+from conveyor.storage.redis_sentinel import (
+    SentinelTarget,
+    amaster_client,
+    is_sentinel_url,
+    master_client,
+    parse_sentinel_url,
+)
 
 logger = logging.getLogger("conveyor.redis")
 
@@ -54,6 +61,19 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
+#: Milliseconds one ``WAIT`` for replicas blocks before the next is sent (see
+#: ``RedisConnection.execute_many``): short, so that a socket timeout never cuts one.
+WAIT_SLICE_MS = 1000
+
+
+class ServerDemoted(RedisConnectionError):
+    """The server refused a write as a replica (``READONLY``): a failover demoted the
+    master this connection reached. Nothing was written; the call may be retried on a
+    new connection, which finds the new master."""
+
+
+def _demoted(exc: ReadOnlyError) -> ServerDemoted:
+    return ServerDemoted(f"the server is now a replica ({exc})")
 
 
 class TLSRefused(RedisConnectionError):
@@ -151,10 +171,15 @@ class RedisConnection:
     """A per-process Redis client for one URL, with retrying calls.
 
     Args:
-        url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) or
-            ``unix:///path/to/socket``.
+        url: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS),
+            ``unix:///path/to/socket``, or sentinels (``sentinel://host:26379;...``,
+            see ``conveyor.storage.redis_sentinel``).
         unavailable: the exception class raised once retries run out.
         retry_for: seconds to keep retrying a failing call.
+        transport_options: ``master_name`` and ``sentinel_kwargs`` for Sentinel.
+        options_setting: the setting ``transport_options`` come from (for errors).
+        replica_acks: replicas that must hold a write sent with ``replicated=True``
+            before the call returns (``WAIT``); 0: none.
     """
 
     def __init__(
@@ -162,10 +187,18 @@ class RedisConnection:
         url: str,
         unavailable: type[ConveyorError],
         retry_for: float = 10.0,
+        *,
+        transport_options: Mapping[str, Any] | None = None,
+        options_setting: str = "broker_transport_options",
+        replica_acks: int = 0,
     ):
         self.url = url
         self.unavailable = unavailable
         self.retry_for = retry_for
+        self.replica_acks = replica_acks
+        self._sentinel: SentinelTarget | None = None
+        if is_sentinel_url(url):
+            self._sentinel = parse_sentinel_url(url, transport_options or {}, options_setting)
         self._lock = threading.Lock()
         self._pid = -1
         self._client: redis.Redis | None = None
@@ -191,20 +224,25 @@ class RedisConnection:
                         tcp["socket_keepalive"] = True
                     if self.url.startswith("rediss://"):
                         tcp["connection_class"] = _TLSConnection
-                    try:
-                        self._client = redis.Redis.from_url(
-                            _with_redis_py_names(self.url),
-                            socket_timeout=SOCKET_TIMEOUT,
-                            socket_connect_timeout=CONNECT_TIMEOUT,
-                            health_check_interval=30,
-                            retry_on_timeout=False,
-                            # CLIENT SETINFO costs two round trips per connection and
-                            # Redis 7.0 rejects it anyway
-                            driver_info=None,
-                            **tcp,
-                        )
-                    except ValueError as exc:
-                        raise _malformed(self.url, exc) from None
+                    options: dict[str, Any] = dict(
+                        socket_timeout=SOCKET_TIMEOUT,
+                        socket_connect_timeout=CONNECT_TIMEOUT,
+                        health_check_interval=30,
+                        retry_on_timeout=False,
+                        # CLIENT SETINFO costs two round trips per connection and
+                        # Redis 7.0 rejects it anyway
+                        driver_info=None,
+                        **tcp,
+                    )
+                    if self._sentinel is not None:
+                        self._client = master_client(self._sentinel, **options)
+                    else:
+                        try:
+                            self._client = redis.Redis.from_url(
+                                _with_redis_py_names(self.url), **options
+                            )
+                        except ValueError as exc:
+                            raise _malformed(self.url, exc) from None
                     self._pid = pid
         return self._client
 
@@ -221,26 +259,53 @@ class RedisConnection:
             except TRANSIENT as exc:
                 time.sleep(backoff.next_delay(exc))
 
-    async def aexecute(self, *args: Any, retry_for: float | None = None) -> Any:
+    async def aexecute(
+        self, *args: Any, retry_for: float | None = None, replicated: bool = False
+    ) -> Any:
         """One command from a coroutine, on the running event loop's own client, with
-        the retries of ``call``; no thread is involved."""
+        the retries of ``call``; no thread is involved. ``replicated``: as for
+        ``execute_many``."""
         backoff = _Backoff(self, retry_for)
         # packed by hiredis: redis-py's asyncio client packs in Python, per argument
         packed = hiredis.pack_command(args)
+        wait = replicated and self.replica_acks > 0
         while True:
             try:
-                return await self._asend(packed)
+                return await self._asend(packed, wait)
             except PERMANENT as exc:
                 raise backoff.refused(exc) from None
             except TRANSIENT as exc:
                 await asyncio.sleep(backoff.next_delay(exc))
 
-    async def _asend(self, packed: bytes) -> Any:
+    async def _asend(self, packed: bytes, wait: bool) -> Any:
         pool = (await self._aclient()).connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
+            if wait:
+                wait_command: tuple[Any, ...] = ("WAIT", self.replica_acks, WAIT_SLICE_MS)
+                packed += hiredis.pack_command(wait_command)
             await conn.send_packed_command(packed, check_health=False)
-            return await conn.read_response()
+            try:
+                reply = await conn.read_response()
+            except ReadOnlyError as exc:
+                raise _demoted(exc) from exc
+            except ResponseError as exc:
+                reply = exc
+            if wait:
+                deadline = time.monotonic() + self.retry_for
+                acked = await conn.read_response()
+                while not (isinstance(acked, int) and acked >= self.replica_acks):
+                    if time.monotonic() >= deadline:
+                        raise self.unavailable(
+                            f"Redis at {redact_url(self.url)}: {acked} of "
+                            f"{self.replica_acks} replicas acknowledged a write within "
+                            f"{self.retry_for:g} s (broker_replica_acks)"
+                        )
+                    await conn.send_command("WAIT", self.replica_acks, WAIT_SLICE_MS)
+                    acked = await conn.read_response()
+            if isinstance(reply, ResponseError):
+                raise reply
+            return reply
         except ResponseError:
             raise  # an answer: the connection is fine
         except BaseException:
@@ -258,46 +323,64 @@ class RedisConnection:
             tcp: dict[str, Any] = {}
             if not self.url.startswith("unix://"):
                 tcp["socket_keepalive"] = True
-            try:
-                client = aredis.Redis.from_url(
-                    _with_redis_py_names(self.url),
-                    socket_timeout=SOCKET_TIMEOUT,
-                    socket_connect_timeout=CONNECT_TIMEOUT,
-                    retry_on_timeout=False,
-                    driver_info=None,
-                    **tcp,
-                )
-            except ValueError as exc:
-                raise _malformed(self.url, exc) from None
+            options: dict[str, Any] = dict(
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                retry_on_timeout=False,
+                driver_info=None,
+                **tcp,
+            )
+            if self._sentinel is not None:
+                client = amaster_client(self._sentinel, **options)
+            else:
+                try:
+                    client = aredis.Redis.from_url(_with_redis_py_names(self.url), **options)
+                except ValueError as exc:
+                    raise _malformed(self.url, exc) from None
             keeper = _close_with_loop(client)
             held = self._aclients[loop] = (client, keeper)
             # started, so that the loop tracks it: its shutdown closes the client
             await anext(keeper)
         return held[0]
 
-    def execute(self, *args: Any) -> Any:
+    def execute(self, *args: Any, replicated: bool = False) -> Any:
         """One command on an idle connection, without redis-py's pool bookkeeping (its
         checkout costs as much as the command on loopback). No retries: run it inside
         ``call``."""
-        return self.execute_many([args])[0]
+        return self.execute_many([args], replicated=replicated)[0]
 
     def execute_many(
-        self, commands: Sequence[Sequence[Any]], *, raise_errors: bool = True
+        self,
+        commands: Sequence[Sequence[Any]],
+        *,
+        raise_errors: bool = True,
+        replicated: bool = False,
     ) -> list[Any]:
         """Commands sent together (a pipeline, no MULTI) on an idle connection of this
         process; their replies. A command's error reply is raised after every reply
-        is read (``raise_errors=False``: returned in its place)."""
+        is read (``raise_errors=False``: returned in its place).
+
+        ``replicated``: with ``replica_acks``, return only once that many replicas hold
+        what the commands wrote (a ``WAIT`` in the same round trip, then more while
+        they lag, up to ``retry_for``).
+        """
+        wait = replicated and self.replica_acks > 0
+        sent = [*commands, ("WAIT", self.replica_acks, WAIT_SLICE_MS)] if wait else commands
         conn = self._checkout()
         replies: list[Any] = []
         error: ResponseError | None = None
         try:
-            conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
-            for _ in commands:
+            conn.send_packed_command(conn.pack_commands(sent))  # type: ignore[no-untyped-call]
+            for _ in sent:
                 try:
                     replies.append(conn.read_response())
+                except ReadOnlyError as exc:
+                    raise _demoted(exc) from exc
                 except ResponseError as exc:  # an answer: the connection is fine
                     error = error or exc
                     replies.append(exc)
+            if wait:
+                self._await_replicas(conn, replies.pop())
         except BaseException as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]  # the next use reconnects
             if isinstance(exc, TRANSIENT):
@@ -308,6 +391,23 @@ class RedisConnection:
         if error is not None and raise_errors:
             raise error
         return replies
+
+    def _await_replicas(self, conn: ConnectionInterface, acked: Any) -> None:
+        """More ``WAIT`` on ``conn`` until ``replica_acks`` replicas hold its writes;
+        ``unavailable`` after ``retry_for`` seconds (the write is on the master, but it
+        may not survive a failover)."""
+        deadline = time.monotonic() + self.retry_for
+        while not (isinstance(acked, int) and acked >= self.replica_acks):
+            if isinstance(acked, ResponseError):
+                raise acked
+            if time.monotonic() >= deadline:
+                raise self.unavailable(
+                    f"Redis at {redact_url(self.url)}: {acked} of {self.replica_acks} "
+                    f"replicas acknowledged a write within {self.retry_for:g} s "
+                    "(broker_replica_acks)"
+                )
+            conn.send_command("WAIT", self.replica_acks, WAIT_SLICE_MS)  # type: ignore[no-untyped-call]
+            acked = conn.read_response()
 
     def _drop_idle(self) -> None:
         """Disconnect every idle connection after one failed: when Redis restarted they

@@ -97,7 +97,13 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
         self.url = url
         self.options = options or BrokerOptions()
         self.prefix = prefix
-        self._conn = RedisConnection(url, BrokerUnavailable, retry_for)
+        self._conn = RedisConnection(
+            url,
+            BrokerUnavailable,
+            retry_for,
+            transport_options=self.options.transport_options,
+            replica_acks=self.options.replica_acks,
+        )
         self._scripts = Scripts(self._conn)
         self._registered: set[str] = set()
         self._acoalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncCoalescer] = (

@@ -36,6 +36,13 @@ NAMES = (
     "stats",
 )
 
+#: Scripts whose writes must survive a failover: with ``broker_replica_acks`` they
+#: return only once that many replicas hold them. The others (fetch, renew, reads)
+#: are repaired by leases if a failover drops them.
+REPLICATED = frozenset(
+    {"publish", "ack", "settle", "dead", "purge", "revoke", "slots", "claim", "tally", "advance"}
+)
+
 
 def source(name: str) -> str:
     """The full source of one script: the shared helpers, then the script."""
@@ -58,20 +65,30 @@ class Scripts:
     def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One script, by SHA, loading it first if the server does not know it."""
         sha = self._shas[name]
+        replicated = name in REPLICATED
         try:
-            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return self._conn.execute(
+                "EVALSHA", sha, len(keys), *keys, *args, replicated=replicated
+            )
         except NoScriptError:
             self._conn.execute("SCRIPT", "LOAD", self._sources[name])
-            return self._conn.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return self._conn.execute(
+                "EVALSHA", sha, len(keys), *keys, *args, replicated=replicated
+            )
 
     async def arun(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``run`` from a coroutine (``RedisConnection.aexecute``: retried, no thread)."""
         sha = self._shas[name]
+        replicated = name in REPLICATED
         try:
-            return await self._conn.aexecute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self._conn.aexecute(
+                "EVALSHA", sha, len(keys), *keys, *args, replicated=replicated
+            )
         except NoScriptError:
             await self._conn.aexecute("SCRIPT", "LOAD", self._sources[name])
-            return await self._conn.aexecute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self._conn.aexecute(
+                "EVALSHA", sha, len(keys), *keys, *args, replicated=replicated
+            )
 
     def run_many(
         self, name: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
@@ -82,11 +99,12 @@ class Scripts:
         scripts that may run twice (reads)."""
         sha = self._shas[name]
         commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        replicated = name in REPLICATED
         try:
-            return self._conn.execute_many(commands)
+            return self._conn.execute_many(commands, replicated=replicated)
         except NoScriptError:
             self._conn.execute("SCRIPT", "LOAD", self._sources[name])
-            return self._conn.execute_many(commands)
+            return self._conn.execute_many(commands, replicated=replicated)
 
     def run_each(self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]) -> list[Any]:
         """Calls of several scripts sent together (a pipeline: each atomic by itself);
@@ -96,7 +114,8 @@ class Scripts:
         commands = [
             ("EVALSHA", self._shas[name], len(keys), *keys, *args) for name, keys, args in calls
         ]
-        replies = self._conn.execute_many(commands, raise_errors=False)
+        replicated = any(name in REPLICATED for name, _, _ in calls)
+        replies = self._conn.execute_many(commands, raise_errors=False, replicated=replicated)
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 replies[i] = self.run(*calls[i])
@@ -117,7 +136,7 @@ class Scripts:
         commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", self._sources[name]), ("MULTI",)]
         commands += [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         commands.append(("EXEC",))
-        replies = self._conn.execute_many(commands)
+        replies = self._conn.execute_many(commands, replicated=name in REPLICATED)
         for reply in replies[-1] or ():
             if isinstance(reply, ResponseError):
                 raise reply
