@@ -29,8 +29,7 @@ def redact_url(url: str) -> str:
     """``url`` (or any text holding URLs) with passwords replaced by ``***``, for logs:
     in the userinfo of any scheme, and in query parameters such as ``?password=``."""
     return ";".join(
-        _QUERY_SECRET.sub(r"\1***", _PASSWORD.sub(r"\1***@", part))
-        for part in _NEXT_URL.split(url)
+        _QUERY_SECRET.sub(r"\1***", _PASSWORD.sub(r"\1***@", part)) for part in _NEXT_URL.split(url)
     )
 
 

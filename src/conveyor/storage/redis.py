@@ -41,6 +41,7 @@ from redis.connection import ConnectionInterface, SSLConnection
 from redis.exceptions import AuthenticationError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError
 
 from conveyor.config import redact_url
 from conveyor.exceptions import ConfigurationError, ConveyorError
@@ -62,8 +63,9 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 #: Milliseconds one ``WAIT`` for replicas blocks before the next is sent (see
-#: ``RedisConnection.execute_many``): short, so that a socket timeout never cuts one.
-WAIT_SLICE_MS = 1000
+#: ``RedisConnection.execute_many``); between two, a client behind Sentinel checks that
+#: the master it writes to is still the master.
+WAIT_SLICE_MS = 250
 
 
 class ServerDemoted(RedisConnectionError):
@@ -72,8 +74,14 @@ class ServerDemoted(RedisConnectionError):
     new connection, which finds the new master."""
 
 
-def _demoted(exc: ReadOnlyError) -> ServerDemoted:
+def _demoted(exc: ResponseError) -> ServerDemoted:
     return ServerDemoted(f"the server is now a replica ({exc})")
+
+
+def _was_demoted(exc: ResponseError) -> bool:
+    """A write refused by a replica, or a blocking read ended by a demotion (Redis
+    answers ``UNBLOCKED ... instance state changed`` to blocked clients)."""
+    return isinstance(exc, ReadOnlyError) or str(exc).startswith("UNBLOCKED")
 
 
 class TLSRefused(RedisConnectionError):
@@ -287,20 +295,16 @@ class RedisConnection:
             await conn.send_packed_command(packed, check_health=False)
             try:
                 reply = await conn.read_response()
-            except ReadOnlyError as exc:
-                raise _demoted(exc) from exc
             except ResponseError as exc:
+                if _was_demoted(exc):
+                    raise _demoted(exc) from exc
                 reply = exc
             if wait:
                 deadline = time.monotonic() + self.retry_for
                 acked = await conn.read_response()
-                while not (isinstance(acked, int) and acked >= self.replica_acks):
-                    if time.monotonic() >= deadline:
-                        raise self.unavailable(
-                            f"Redis at {redact_url(self.url)}: {acked} of "
-                            f"{self.replica_acks} replicas acknowledged a write within "
-                            f"{self.retry_for:g} s (broker_replica_acks)"
-                        )
+                while not self._replicated(acked, deadline):
+                    if self._sentinel is not None and await _amaster_moved(pool, conn):
+                        raise ServerDemoted("the sentinels name another master")
                     await conn.send_command("WAIT", self.replica_acks, WAIT_SLICE_MS)
                     acked = await conn.read_response()
             if isinstance(reply, ResponseError):
@@ -374,9 +378,9 @@ class RedisConnection:
             for _ in sent:
                 try:
                     replies.append(conn.read_response())
-                except ReadOnlyError as exc:
-                    raise _demoted(exc) from exc
                 except ResponseError as exc:  # an answer: the connection is fine
+                    if _was_demoted(exc):
+                        raise _demoted(exc) from exc
                     error = error or exc
                     replies.append(exc)
             if wait:
@@ -393,21 +397,36 @@ class RedisConnection:
         return replies
 
     def _await_replicas(self, conn: ConnectionInterface, acked: Any) -> None:
-        """More ``WAIT`` on ``conn`` until ``replica_acks`` replicas hold its writes;
-        ``unavailable`` after ``retry_for`` seconds (the write is on the master, but it
-        may not survive a failover)."""
+        """More ``WAIT`` on ``conn`` until ``replica_acks`` replicas hold its writes.
+
+        Behind Sentinel, a master that lacks them may be one a failover has just left
+        behind: its replicas follow the new master, and the sentinels demote it only
+        seconds later, while it still takes writes that its demotion will erase. If the
+        sentinels name another master, the call fails as a connection error, and its
+        retry runs on the new master.
+        """
         deadline = time.monotonic() + self.retry_for
-        while not (isinstance(acked, int) and acked >= self.replica_acks):
-            if isinstance(acked, ResponseError):
-                raise acked
-            if time.monotonic() >= deadline:
-                raise self.unavailable(
-                    f"Redis at {redact_url(self.url)}: {acked} of {self.replica_acks} "
-                    f"replicas acknowledged a write within {self.retry_for:g} s "
-                    "(broker_replica_acks)"
-                )
+        while not self._replicated(acked, deadline):
+            if self._sentinel is not None and _master_moved(self.client.connection_pool, conn):
+                raise ServerDemoted("the sentinels name another master")
             conn.send_command("WAIT", self.replica_acks, WAIT_SLICE_MS)  # type: ignore[no-untyped-call]
             acked = conn.read_response()
+
+    def _replicated(self, acked: Any, deadline: float) -> bool:
+        """Whether a ``WAIT`` reply counts ``replica_acks`` replicas; ``unavailable`` once
+        ``deadline`` passed without them (the write is on the master, but may not
+        survive a failover)."""
+        if isinstance(acked, ResponseError):
+            raise acked
+        if isinstance(acked, int) and acked >= self.replica_acks:
+            return True
+        if time.monotonic() >= deadline:
+            raise self.unavailable(
+                f"Redis at {redact_url(self.url)}: {acked} of {self.replica_acks} "
+                f"replicas acknowledged a write within {self.retry_for:g} s "
+                "(broker_replica_acks)"
+            )
+        return False
 
     def _drop_idle(self) -> None:
         """Disconnect every idle connection after one failed: when Redis restarted they
@@ -477,6 +496,25 @@ class _Backoff:
         wait = min(left, self.delay * random.uniform(0.5, 1.5))
         self.delay = min(self.delay * 2, 2.0)
         return wait
+
+
+def _master_moved(pool: Any, conn: Any) -> bool:
+    """Whether the sentinels (asked through a sentinel pool) name a master other than
+    the one ``conn`` reached; False when they cannot say."""
+    try:
+        address = pool.get_master_address()
+    except (MasterNotFoundError, *TRANSIENT):
+        return False
+    return (conn.host, conn.port) != tuple(address)
+
+
+async def _amaster_moved(pool: Any, conn: Any) -> bool:
+    """``_master_moved`` for a redis.asyncio sentinel pool."""
+    try:
+        address = await pool.get_master_address()
+    except (MasterNotFoundError, *TRANSIENT):
+        return False
+    return (conn.host, conn.port) != tuple(address)
 
 
 async def _close_with_loop(client: aredis.Redis) -> AsyncIterator[None]:

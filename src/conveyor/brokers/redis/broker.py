@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import ResponseError
 
 from conveyor.brokers.base import (
     Broker,
@@ -300,7 +301,13 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
         """Sleep on the wake lists until a publish pushes to one, or ``seconds`` pass."""
 
         def call(client: redis.Redis) -> None:
-            client.blpop(wake_keys, timeout=seconds)
+            try:
+                client.blpop(wake_keys, timeout=seconds)
+            except ResponseError as exc:
+                # a failover demoted the server under the wait: look again (the next
+                # script finds the new master)
+                if not str(exc).startswith("UNBLOCKED"):
+                    raise
 
         self._call(call, blocking=seconds)
 
