@@ -15,8 +15,9 @@ one-liner around ``bench.record.record``:
 
 A ``*_tasks`` module also reads ``BENCH_PROFILE``: ``tutorial`` applies the settings
 of the deployment tutorial users follow (docs/deployment.md), in the module as the
-tutorial does, not as worker flags. ``EMBEDDED_SYSTEMS`` (Huey) take part only in the
-SQLite scenario, which runs ``noop`` alone: their modules define only that task.
+tutorial does, not as worker flags; conveyor's also reads ``REPLICA_ACKS_ENV``.
+``EMBEDDED_SYSTEMS`` (Huey) take part only in the SQLite scenario, which runs
+``noop`` alone: their modules define only that task.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ OPTIONAL_SCENARIOS = ("tutorial", "tutorial_results", "defaults", "producers")
 #: that name them in ``Adapter.optional`` take part (conveyor and ``EMBEDDED_SYSTEMS``).
 EMBEDDED_SCENARIOS = ("sqlite",)
 
+#: Scenarios measuring what a setting only conveyor has costs (``replicas``:
+#: ``broker_replica_acks``): only the adapters that name them in ``Adapter.optional``
+#: take part, and the others are not listed as lacking them (no peer has the setting).
+FEATURE_SCENARIOS = ("replicas",)
+
+#: In the ``FEATURE_SCENARIOS``, the ``broker_replica_acks`` of the run (set by
+#: ``bench.scenario`` before the adapter loads, inherited by the worker).
+REPLICA_ACKS_ENV = "BENCH_REPLICA_ACKS"
+
 #: In the ``EMBEDDED_SCENARIOS``, the run's own SQLite file for the system (set by
 #: ``bench.scenario`` before the adapter loads, inherited by the worker): the tasks
 #: module then stores its queue there instead of in Redis.
@@ -82,13 +92,14 @@ class Adapter:
     """One system; subclasses live in ``bench/systems/<name>_adapter.py``."""
 
     name = ""
-    #: The ``OPTIONAL_SCENARIOS`` and ``EMBEDDED_SCENARIOS`` this system takes part in.
+    #: The ``OPTIONAL_SCENARIOS``, ``EMBEDDED_SCENARIOS`` and ``FEATURE_SCENARIOS``
+    #: this system takes part in.
     optional: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def supports(cls, scenario: str) -> bool:
         """Whether this system takes part in ``scenario``."""
-        if scenario in OPTIONAL_SCENARIOS or scenario in EMBEDDED_SCENARIOS:
+        if scenario in OPTIONAL_SCENARIOS + EMBEDDED_SCENARIOS + FEATURE_SCENARIOS:
             return scenario in cls.optional
         return True
 

@@ -1,7 +1,7 @@
 """The markdown report of a benchmark run: conveyor's aims, then medians (min-max) per
 system: first where users are (the tutorial's deployment, the defaults, producers),
 then each system's tuned configuration, then conveyor's embedded SQLite broker beside
-Huey's."""
+Huey's, then what conveyor's ``broker_replica_acks`` costs."""
 
 from __future__ import annotations
 
@@ -120,6 +120,16 @@ EMBEDDED = (
 )
 
 
+#: What ``broker_replica_acks`` costs (conveyor only): each figure with the setting
+#: at 0 and at 1, on a master with one replica either way.
+REPLICAS = (
+    Metric("replicas", "producer_per_s", "producer: one thread", "tasks/s", True),
+    Metric("replicas", "drain_per_s", "tutorial deployment: drain", "tasks/s", True),
+    Metric("replicas", "producer_waits_per_task", "WAIT per task sent", "", False, 2),
+    Metric("replicas", "drain_waits_per_task", "WAIT per task drained", "", False, 2),
+)
+
+
 def values(runs: Sequence[dict[str, Any]], system: str, scenario: str, key: str) -> list[float]:
     return [
         float(r[key])
@@ -170,7 +180,7 @@ def pools(runs: Sequence[dict[str, Any]], system: str, scenario: str) -> str:
             if r["system"] == system and r["scenario"] == scenario and r.get("pool")
         }
     )
-    return ", ".join(found) or "-"
+    return "; ".join(found) or "-"
 
 
 def failures(runs: Sequence[dict[str, Any]], system: str, scenario: str) -> str:
@@ -368,6 +378,29 @@ def ratio_table(
     return [*out, ""]
 
 
+def replicas_table(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """conveyor's figures with ``broker_replica_acks`` 0 and 1 side by side, and their
+    ratio (1 / 0)."""
+    by_acks = {
+        acks: [r for r in runs if r["scenario"] == "replicas" and r.get("replica_acks") == acks]
+        for acks in (0, 1)
+    }
+    if not any(by_acks.values()):
+        return ["Not measured in this run.", ""]
+    out = ["| | acks 0 | acks 1 | 1 / 0 |", "|---|---|---|---|"]
+    for metric in REPLICAS:
+        found = {
+            a: values(mine, "conveyor", metric.scenario, metric.key) for a, mine in by_acks.items()
+        }
+        none, one = (statistics.median(found[a]) if found[a] else None for a in (0, 1))
+        ratio = f"{one / none:.2f}x" if one is not None and none else "-"
+        unit = f" ({metric.unit})" if metric.unit else ""
+        best = "↑" if metric.higher_is_better else "↓"
+        cells = " | ".join(cell(found[a], metric.digits) for a in (0, 1))
+        out.append(f"| {metric.title}{unit} {best} | {cells} | {ratio} |")
+    return [*out, ""]
+
+
 def render(info: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
     versions: dict[str, str] = {}
     for r in runs:
@@ -445,6 +478,21 @@ def render(info: dict[str, Any], runs: Sequence[dict[str, Any]]) -> str:
             "",
         ]
     out += ratio_table(runs, EMBEDDED, "huey", "Huey")
+    out += ["## The cost of replica acknowledgements: conveyor's `broker_replica_acks`", ""]
+    if any(r["scenario"] == "replicas" for r in runs):
+        out += [
+            "conveyor alone (no peer has the setting), on the same redis-server with one "
+            "replica (`REPLICAOF`, loopback) started for this scenario, once with "
+            "`broker_replica_acks = 0` and once with 1, in turns. With 1, every publish "
+            "and ack returns only once the replica holds it: a `WAIT 1` in the same round "
+            "trip. No-op tasks sent by one thread calling `delay`, then drained by the "
+            "tutorial's deployment (`-P prefork -c 4`, prefetch 1, acks late). WAIT per "
+            "task: as Redis counted them (acks of tasks that finish together share one). "
+            "On loopback the replica answers in microseconds, so this is the floor of the "
+            "cost: over a network each WAIT adds the replication round trip.",
+            "",
+        ]
+    out += replicas_table(runs)
     out += [
         "## Configuration and correctness",
         "",

@@ -6,6 +6,8 @@ from the repository root, in the project's ``.venv`` (``make bench`` /
 ``make bench-quick`` set everything up first). Each scenario runs ``--reps`` times,
 the systems interleaved so that the machine's drift falls on all of them alike; a
 system whose adapter does not take part in a scenario is skipped.
+The ``replicas`` scenario (conveyor only) runs once per ``broker_replica_acks`` in
+``REPLICA_ACKS``, with a replica of the redis-server started for it alone.
 Results: ``bench/results/`` (full) or ``bench/results/quick/``: ``results.json``
 (every run), ``results.md`` (the aims, medians with min-max) and ``results.png``.
 """
@@ -13,6 +15,7 @@ Results: ``bench/results/`` (full) or ``bench/results/quick/``: ``results.json``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -20,12 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from bench.adapter import (
     EMBEDDED_SCENARIOS,
     EMBEDDED_SYSTEMS,
+    FEATURE_SCENARIOS,
     OPTIONAL_SCENARIOS,
     SYSTEMS,
     VARIANTS,
@@ -48,9 +55,14 @@ SIZES: dict[str, tuple[int, int]] = {
     "delayed": (10_000, 1_000),
     "cost": (1_000, 500),
     "sqlite": (5_000, 1_000),
+    "replicas": (10_000, 2_000),
 }
 #: A run that takes longer than this is stopped and reported as such.
 RUN_TIMEOUT = 300.0
+#: The ``broker_replica_acks`` the replicas scenario compares, one run each.
+REPLICA_ACKS = (0, 1)
+#: How long a replica may take to be in sync, and its master to forget it.
+REPLICA_SECONDS = 30.0
 
 
 def python_of(system: str) -> str:
@@ -75,8 +87,11 @@ def supported(system: str) -> set[str] | None:
         return None
 
 
-def run_once(system: str, scenario: str, n: int, url: str, workdir: Path) -> dict[str, Any]:
-    """One run in a fresh process of the system's interpreter; its JSON line."""
+def run_once(
+    system: str, scenario: str, n: int, url: str, workdir: Path, extra: list[str]
+) -> dict[str, Any]:
+    """One run in a fresh process of the system's interpreter (``extra``: more
+    arguments of ``bench.scenario``); its JSON line."""
     argv = [
         python_of(system),
         "-m",
@@ -91,6 +106,7 @@ def run_once(system: str, scenario: str, n: int, url: str, workdir: Path) -> dic
         str(workdir),
         "--timeout",
         str(RUN_TIMEOUT - 60),
+        *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("VIRTUAL_ENV", None)
@@ -128,6 +144,49 @@ def run_once(system: str, scenario: str, n: int, url: str, workdir: Path) -> dic
     if not result.get("ok"):
         (workdir / "stderr.txt").write_text(done.stderr)
     return result
+
+
+def until(what: str, check: Any) -> None:
+    """Poll ``check()`` until it is true, for ``REPLICA_SECONDS`` at most."""
+    deadline = time.monotonic() + REPLICA_SECONDS
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} took more than {REPLICA_SECONDS:.0f} s")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def replica_of(master: Any, directory: Path) -> Iterator[None]:
+    """A redis-server in ``directory`` replicating ``master`` (a ``RedisServer``), in
+    sync on entry; on exit stopped, and forgotten by the master, which then keeps no
+    replication backlog (copying every write into it would slow the scenarios after)."""
+    from tests.redis_server import HOST, RedisServer
+
+    directory.mkdir()
+    replica = RedisServer(directory)
+    client: redis.Redis = master.client()
+    # the master's settings, restored on exit; no wait before the first full sync
+    saved = client.config_get("repl-diskless-sync-delay") | client.config_get("repl-backlog-ttl")
+    try:
+        client.config_set("repl-diskless-sync-delay", 0)
+        replica.start()
+        with replica.client() as own:
+            own.replicaof(HOST, master.port)
+        until(
+            "the replica's first sync",
+            lambda: client.info("replication").get("slave0", {}).get("state") == "online",
+        )
+        yield
+    finally:
+        replica.stop()
+        client.config_set("repl-backlog-ttl", 1)  # its minimum: freed within 2 s
+        until(
+            "the master's dropping its backlog",
+            lambda: not client.info("replication").get("repl_backlog_active"),
+        )
+        for name, value in saved.items():
+            client.config_set(str(name), str(value))
+        client.close()
 
 
 def machine() -> dict[str, str]:
@@ -181,13 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     takes_part = {system: supported(system) for system in systems}
-    # Not listed: the embedded scenario for the Redis peers, and the Redis scenarios
-    # for the systems measured only on SQLite (neither was ever meant to run).
+    # Not listed: the embedded scenario for the Redis peers, the scenarios of a setting
+    # no peer has, and the Redis scenarios for the systems measured only on SQLite
+    # (none was ever meant to run).
     unsupported = {
         system: [
             s
             for s in scenarios
-            if found is not None and s not in found and s not in EMBEDDED_SCENARIOS
+            if found is not None
+            and s not in found
+            and s not in EMBEDDED_SCENARIOS
+            and s not in FEATURE_SCENARIOS
         ]
         for system, found in takes_part.items()
         if system not in VARIANTS and system not in EMBEDDED_SYSTEMS
@@ -205,31 +268,53 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     results: list[dict[str, Any]] = []
     started = time.monotonic()
+
+    def takes_part_in(system: str, scenario: str) -> bool:
+        if scenario not in VARIANTS.get(system, (scenario,)):
+            return False
+        if system in EMBEDDED_SYSTEMS and scenario not in EMBEDDED_SCENARIOS:
+            return False  # even if its environment could not say (missing)
+        found = takes_part[system]
+        return found is None or scenario in found
+
+    def run_listed(
+        rep: int, scenario: str, system: str, n: int, extra: list[str]
+    ) -> dict[str, Any] | None:
+        """One run, printed; None if the adapter said it does not take part."""
+        label = " ".join([system, *(a.lstrip("-") for a in extra)])
+        workdir = scratch / f"{rep}-{scenario}-{label.replace(' ', '-')}"
+        result = run_once(system, scenario, n, server.url, workdir, extra)
+        result["rep"] = rep
+        optional = OPTIONAL_SCENARIOS + EMBEDDED_SCENARIOS + FEATURE_SCENARIOS
+        if result.get("supported") is False and scenario in optional:
+            return None
+        status = "ok" if result.get("ok") else f"FAILED {result.get('error', '')}"
+        print(
+            f"[{time.monotonic() - started:6.0f}s] {rep + 1}/{reps} {scenario:<16}"
+            f" {label:<9} {status}",
+            flush=True,
+        )
+        return result
+
     try:
         for rep in range(reps):
             for scenario in scenarios:
                 n = SIZES[scenario][1 if args.quick else 0]
-                for system in systems:
-                    if scenario not in VARIANTS.get(system, (scenario,)):
-                        continue
-                    if system in EMBEDDED_SYSTEMS and scenario not in EMBEDDED_SCENARIOS:
-                        continue  # even if its environment could not say (missing)
-                    found = takes_part[system]
-                    if found is not None and scenario not in found:
-                        continue
-                    workdir = scratch / f"{rep}-{scenario}-{system}"
-                    result = run_once(system, scenario, n, server.url, workdir)
-                    result["rep"] = rep
-                    optional = OPTIONAL_SCENARIOS + EMBEDDED_SCENARIOS
-                    if result.get("supported") is False and scenario in optional:
-                        continue  # the adapter said so when it ran
-                    results.append(result)
-                    status = "ok" if result.get("ok") else f"FAILED {result.get('error', '')}"
-                    print(
-                        f"[{time.monotonic() - started:6.0f}s] {rep + 1}/{reps} {scenario:<16}"
-                        f" {system:<9} {status}",
-                        flush=True,
-                    )
+                runners = [s for s in systems if takes_part_in(s, scenario)]
+                # one run per setting, in turns, so that drift falls on both alike
+                settings: list[list[str]] = [[]]
+                replica: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+                if scenario == "replicas":
+                    order = REPLICA_ACKS if rep % 2 == 0 else REPLICA_ACKS[::-1]
+                    settings = [["--replica-acks", str(acks)] for acks in order]
+                    if runners:
+                        replica = replica_of(server, scratch / f"{rep}-replica")
+                with replica:
+                    for system in runners:
+                        for extra in settings:
+                            result = run_listed(rep, scenario, system, n, extra)
+                            if result is not None:
+                                results.append(result)
     finally:
         server.stop()
     info = {

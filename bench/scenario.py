@@ -4,7 +4,8 @@
 with the system's own interpreter from the repository root. The redis-server is
 flushed first; the worker, if any, is stopped before the process ends.
 ``python -m bench.scenario SYSTEM --supported`` prints the scenarios the system
-takes part in, as a JSON list.
+takes part in, as a JSON list. ``--replica-acks N``: the ``broker_replica_acks`` of
+the ``replicas`` scenario (whose redis-server must have a replica).
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Any
 
 import redis
 
-from bench.adapter import EMBEDDED_SCENARIOS, SQLITE_PATH_ENV, Adapter, adapter_class, load
+from bench.adapter import (
+    EMBEDDED_SCENARIOS,
+    FEATURE_SCENARIOS,
+    REPLICA_ACKS_ENV,
+    SQLITE_PATH_ENV,
+    Adapter,
+    adapter_class,
+    load,
+)
 from bench.harness import (
     CommandCounter,
     Monitor,
@@ -363,6 +372,57 @@ def sqlite(ctx: Context) -> dict[str, Any]:
     }
 
 
+def replicas(ctx: Context) -> dict[str, Any]:
+    """What ``broker_replica_acks`` costs, run once per setting on a master with one
+    replica (``bench.run`` starts it): ``n`` no-op tasks sent by one thread, one call
+    each, then drained by the tutorial's deployment. With the setting, each publish
+    and each ack carries a ``WAIT`` in its round trip: the run checks that Redis ran
+    them (and none without it)."""
+    acks = int(os.environ.get(REPLICA_ACKS_ENV, "0"))
+    replication = ctx.client.info("replication")
+    if int(replication.get("connected_slaves", 0)) < 1:
+        raise RuntimeError("the redis-server has no replica: bench.run starts one")
+    expected = range(ctx.n)
+    ctx.counter.reset()
+    t0 = time.perf_counter()
+    ctx.adapter.enqueue("noop", expected)
+    producer_seconds = time.perf_counter() - t0
+    ctx.counter.collect()
+    producer_waits = ctx.counter.total["wait"]
+    ctx.check_pending()
+    ctx.counter.reset()
+    proc, pool, started = ctx.worker("tutorial", TUTORIAL_CONCURRENCY)
+    figures = ctx.finish(proc, expected)
+    ctx.counter.collect()
+    drain_waits = ctx.counter.total["wait"] - producer_waits
+    if not ctx.records.run.seen:
+        raise RuntimeError("no task ran")
+    # a setting that did not reach the producer or the worker would measure nothing
+    # (the worker's acks of tasks that finish together share one round trip and WAIT)
+    if acks and (producer_waits < ctx.n or not drain_waits):
+        raise RuntimeError(
+            f"broker_replica_acks={acks} but Redis ran {producer_waits} WAIT while "
+            f"sending and {drain_waits} while draining {ctx.n} tasks"
+        )
+    if not acks and producer_waits + drain_waits:
+        raise RuntimeError(
+            f"broker_replica_acks=0 but Redis ran {producer_waits + drain_waits} WAIT"
+        )
+    drain_seconds = ctx.records.run.last_time() - started
+    return {
+        "replica_acks": acks,
+        "replicas": int(replication["connected_slaves"]),
+        "producer_per_s": ctx.n / producer_seconds,
+        "drain_seconds": drain_seconds,
+        "drain_per_s": ctx.n / drain_seconds,
+        "producer_waits_per_task": producer_waits / ctx.n,
+        "drain_waits_per_task": drain_waits / ctx.n,
+        "redis_commands": dict(ctx.counter.total.most_common()),
+        "pool": pool,
+        **figures,
+    }
+
+
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "tutorial": tutorial,
     "tutorial_results": tutorial_results,
@@ -375,6 +435,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "delayed": delayed,
     "cost": cost,
     "sqlite": sqlite,
+    "replicas": replicas,
 }
 
 
@@ -387,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--replica-acks", type=int, default=0, help="replicas scenario [0]")
     args = parser.parse_args(argv)
     if args.supported:
         cls = adapter_class(args.system)
@@ -402,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         # read by the tasks module when the adapter imports it, and by the worker
         args.workdir.mkdir(parents=True, exist_ok=True)
         os.environ[SQLITE_PATH_ENV] = str(args.workdir.resolve() / f"{args.system}.db")
+    if args.scenario in FEATURE_SCENARIOS:
+        # read by the tasks module when the adapter imports it, and by the worker
+        os.environ[REPLICA_ACKS_ENV] = str(args.replica_acks)
+        result["replica_acks"] = args.replica_acks
     adapter = load(args.system, args.redis)
     try:
         ctx = Context(adapter, args.n, args.workdir, args.timeout)

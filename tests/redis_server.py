@@ -13,7 +13,13 @@ Redis away and bring it back at the same address. Options:
 * ``appendfsync``: the AOF's fsync policy (``always``: every acknowledged write
   survives a SIGKILL) [Redis's default, ``everysec``];
 * ``debug_command``: allow ``DEBUG`` from loopback clients (``DEBUG SLEEP`` stalls
-  the server).
+  the server);
+* ``cluster``: ``cluster-enabled yes``, with a cluster bus port of its own (``cluster_port``,
+  free like the main port: the default, port + 10000, may not be) and ``nodes.conf``
+  in the directory, which a restart keeps;
+* ``extra_config``: more configuration lines, written after the others (``replicaof``,
+  ``masterauth``, ``sentinel monitor``...); a list that may be changed before a restart;
+* ``args``: more command-line arguments (``--sentinel`` runs a sentinel).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -60,6 +67,9 @@ class RedisServer:
         tls: bool = False,
         appendfsync: str | None = None,
         debug_command: bool = False,
+        cluster: bool = False,
+        extra_config: Sequence[str] = (),
+        args: Sequence[str] = (),
     ) -> None:
         self.dir = directory
         self.default_appendonly = self.appendonly = appendonly
@@ -68,8 +78,12 @@ class RedisServer:
         self.tls = tls
         self.appendfsync = appendfsync
         self.debug_command = debug_command
+        self.cluster = cluster
+        self.extra_config = list(extra_config)
+        self.args = list(args)
         self.port = 0
         self.tls_port: int | None = None
+        self.cluster_port: int | None = None
         self.socket_path = directory / "redis.sock"
         self.log_path = directory / "redis.log"
         self.cert_path = directory / "tls.crt"
@@ -135,6 +149,7 @@ class RedisServer:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self.port = free_port()
             self.tls_port = free_port() if self.tls else None
+            self.cluster_port = free_port() if self.cluster else None
             try:
                 self._launch()
                 return
@@ -197,6 +212,13 @@ class RedisServer:
                 f"tls-ca-cert-file {self.cert_path}",
                 "tls-auth-clients no",
             ]
+        if self.cluster_port is not None:
+            lines += [
+                "cluster-enabled yes",
+                f"cluster-port {self.cluster_port}",
+                f"cluster-config-file {self.dir / 'nodes.conf'}",
+            ]
+        lines += self.extra_config
         return "\n".join(lines) + "\n"
 
     def _launch(self) -> None:
@@ -205,7 +227,7 @@ class RedisServer:
         config.chmod(0o600)  # it may hold passwords
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the handle
             self._proc = subprocess.Popen(
-                [executable() or "redis-server", str(config)],
+                [executable() or "redis-server", str(config), *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

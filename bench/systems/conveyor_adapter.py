@@ -11,7 +11,9 @@ from importlib.metadata import version
 
 from bench.adapter import (
     EMBEDDED_SCENARIOS,
+    FEATURE_SCENARIOS,
     OPTIONAL_SCENARIOS,
+    REPLICA_ACKS_ENV,
     SQLITE_PATH_ENV,
     Adapter,
     WorkerSpec,
@@ -26,7 +28,7 @@ DRAIN_PREFETCH = 64
 
 class ConveyorAdapter(Adapter):
     name = "conveyor"
-    optional = frozenset(OPTIONAL_SCENARIOS + EMBEDDED_SCENARIOS)
+    optional = frozenset(OPTIONAL_SCENARIOS + EMBEDDED_SCENARIOS + FEATURE_SCENARIOS)
 
     def __init__(self, redis_url: str):
         super().__init__(redis_url)
@@ -92,7 +94,11 @@ class ConveyorAdapter(Adapter):
             # the tutorial's worker command; its settings come from the tasks module
             env["BENCH_PROFILE"] = "tutorial"
             argv = [*base, "-P", "prefork", "-c", str(concurrency)]
-            return WorkerSpec(argv, f"prefork x{concurrency}, tutorial settings", env)
+            pool = f"prefork x{concurrency}, tutorial settings"
+            if REPLICA_ACKS_ENV in os.environ:
+                env[REPLICA_ACKS_ENV] = os.environ[REPLICA_ACKS_ENV]
+                pool += f", broker_replica_acks={os.environ[REPLICA_ACKS_ENV]}"
+            return WorkerSpec(argv, pool, env)
         if role == "defaults":
             argv = [*base, "-P", "threads"]
             return WorkerSpec(argv, f"threads, defaults (x{concurrency} CPUs)", env)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 
-from bench.adapter import SQLITE_PATH_ENV
+from bench.adapter import REPLICA_ACKS_ENV, SQLITE_PATH_ENV
 from bench.record import record
 from conveyor import Conveyor
 
@@ -24,6 +24,9 @@ if PROFILE == "tutorial":
     app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
 elif PROFILE:
     raise ValueError(f"unknown BENCH_PROFILE {PROFILE!r}")
+if REPLICA_ACKS_ENV in os.environ:
+    # the replicas scenario: publishes and acks WAIT for this many replicas
+    app.conf.update(broker_replica_acks=int(os.environ[REPLICA_ACKS_ENV]))
 
 
 @app.task(ignore_result=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +23,16 @@ BrokerFactory = Callable[[BrokerOptions], Broker]
 LEASE_SECONDS = 0.5
 MAX_DELIVERIES = 3
 
+#: How the Sentinel entries reach the master: Celery's transport options, and every write
+#: held by a replica before it returns (as a production deployment behind Sentinel would).
+SENTINEL_OPTIONS = {"master_name": "mymaster"}
+
+
+def _sentinel_broker(options: BrokerOptions, request: pytest.FixtureRequest) -> Broker:
+    options = dataclasses.replace(options, transport_options=SENTINEL_OPTIONS, replica_acks=1)
+    return RedisBroker(request.getfixturevalue("sentinel_url"), options)
+
+
 # One entry per implementation: (id, build(tmp_path, options, request)); the request
 # reaches a server fixture only for the implementations that need one.
 BROKERS: list[tuple[str, Callable[[Path, BrokerOptions, pytest.FixtureRequest], Broker]]] = [
@@ -34,12 +45,21 @@ BROKERS: list[tuple[str, Callable[[Path, BrokerOptions, pytest.FixtureRequest], 
         "redis",
         lambda tmp, options, request: RedisBroker(request.getfixturevalue("redis_url"), options),
     ),
+    ("redis-sentinel", lambda tmp, options, request: _sentinel_broker(options, request)),
 ]
 # Backends take the test's request too, to reach a server fixture only when they need one.
 BACKENDS: list[tuple[str, Callable[[Path, pytest.FixtureRequest], ResultBackend]]] = [
     ("memory", lambda tmp, request: MemoryResultBackend("memory://")),
     ("sqlite", lambda tmp, request: SqliteResultBackend(f"sqlite:///{tmp}/results.sqlite3")),
     ("redis", lambda tmp, request: RedisResultBackend(request.getfixturevalue("redis_url"))),
+    (
+        "redis-sentinel",
+        lambda tmp, request: RedisResultBackend(
+            request.getfixturevalue("sentinel_url"),
+            transport_options=SENTINEL_OPTIONS,
+            replica_acks=1,
+        ),
+    ),
 ]
 
 

@@ -37,6 +37,11 @@ from conveyor import Conveyor
 
 #: Every broker the suite runs on, by the id pytest shows: ``test_x[sqlite]``, ``test_x[redis]``.
 BROKERS = ("sqlite", "redis")
+#: Brokers a test runs on only when its ``brokers`` marker names them: Redis behind the
+#: session's sentinels (``sentinel``, the core cases).
+OPT_IN_BROKERS = ("sentinel",)
+#: The core cases: the marker of a test that runs on every broker, Sentinel included.
+EVERY_BROKER = (*BROKERS, *OPT_IN_BROKERS)
 
 #: (test id, what, value) of every figure a test measured, shown after the run.
 _MEASURED: list[tuple[str, str, object]] = []
@@ -56,7 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        f"brokers(*names): run the test on these brokers only (of {', '.join(BROKERS)})",
+        f"brokers(*names): run the test on these brokers only (of {', '.join(EVERY_BROKER)})",
     )
 
 
@@ -82,7 +87,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("brokers")
     names = marker.args if marker else BROKERS
-    unknown = set(names) - set(BROKERS)
+    unknown = set(names) - set(EVERY_BROKER)
     if unknown:
         raise pytest.UsageError(f"{metafunc.function.__name__}: unknown brokers {unknown}")
     metafunc.parametrize("broker_url", names, indirect=True)
@@ -90,10 +95,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """This test's broker, empty: a fresh SQLite file (absolute path: four slashes), or
-    the session's redis-server, flushed."""
-    if request.param == "redis":
-        url: str = request.getfixturevalue("redis_url")
+    """This test's broker, empty: a fresh SQLite file (absolute path: four slashes), the
+    session's redis-server, flushed, or the session's sentinels (the test app then sets
+    ``master_name`` and ``broker_replica_acks = 1``: see apps/tasks.py)."""
+    if request.param in ("redis", "sentinel"):
+        url: str = request.getfixturevalue(f"{request.param}_url")
         return url
     return f"sqlite:///{tmp_path / 'conveyor.sqlite3'}"
 

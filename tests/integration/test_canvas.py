@@ -102,6 +102,7 @@ def test_a_group_of_100_returns_every_value_in_order(
     assert executions.starts() == {r.id: 1 for r in result.results}
 
 
+@pytest.mark.brokers("sqlite", "redis", "sentinel")  # a core case
 def test_a_chord_of_500_over_3_workers_calls_its_body_once_with_500_results(
     app: Conveyor,
     start_canvas_worker: StartWorker,

@@ -14,6 +14,7 @@ from conveyor import Conveyor, states
 TASKS = 2_000
 
 
+@pytest.mark.brokers("sqlite", "redis", "sentinel")  # a core case
 def test_two_workers_on_one_broker_run_2000_tasks_each_exactly_once(
     app: Conveyor, start_worker: StartWorker, executions: Executions
 ) -> None:

@@ -65,6 +65,7 @@ def test_message_naming_an_unknown_task_is_dead_lettered_and_its_caller_told(
     assert tasks.add.delay(1, 1).get(timeout=10) == 2
 
 
+@pytest.mark.brokers("sqlite", "redis", "sentinel")  # a core case
 @pytest.mark.app_env(CONVEYOR_TEST_MAX_DELIVERIES="3")
 def test_task_that_kills_its_process_is_dead_lettered_after_max_deliveries(
     app: Conveyor, start_worker: StartWorker, executions: Executions

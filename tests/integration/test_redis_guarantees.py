@@ -79,6 +79,7 @@ DEFAULT_LEASE = SETTINGS["broker_lease_timeout"].default
 
 
 @pytest.mark.app_env(CONVEYOR_TEST_LEASE_TIMEOUT=str(DEFAULT_LEASE))
+@pytest.mark.brokers("redis", "sentinel")  # a core case, also behind Sentinel
 def test_sigkill_of_a_whole_worker_mid_task_hands_the_task_to_a_running_worker_within_15_s(
     app: Conveyor, start_worker: StartWorker, executions: Executions, record_property: Measure
 ) -> None:
@@ -518,6 +519,7 @@ def test_worker_banner_and_logs_never_show_the_redis_password_even_through_an_ou
 # -- 9. bad input -----------------------------------------------------------------------------
 
 
+@pytest.mark.brokers("redis", "sentinel")  # a core case, also behind Sentinel
 def test_bad_input_is_dead_lettered_with_its_reason_and_the_worker_goes_on(
     app: Conveyor, start_worker: StartWorker, executions: Executions
 ) -> None:

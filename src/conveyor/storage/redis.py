@@ -62,6 +62,9 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
+#: Behind Sentinel: the longest blocking read, and how often an idle consumer asks the
+#: sentinels where the master is (see ``RedisConnection.follow_master``).
+FOLLOW_SECONDS = 1.0
 #: Milliseconds one ``WAIT`` for replicas blocks before the next is sent (see
 #: ``RedisConnection.execute_many``); between two, a client behind Sentinel checks that
 #: the master it writes to is still the master.
@@ -144,8 +147,24 @@ def _speaks_plain_redis(host: str, port: int, timeout: float | None) -> bool:
         return False
 
 
+def _sentinels_refused(exc: Exception) -> bool:
+    """Whether no sentinel named the master because they refused the credentials."""
+    return isinstance(exc, MasterNotFoundError) and "AuthenticationError" in str(exc)
+
+
+def _brief(exc: Exception) -> str:
+    """``exc`` for a log line: redis-py lists each sentinel's client after the reason."""
+    text = str(exc)
+    return text.split(" : ", 1)[0] if isinstance(exc, MasterNotFoundError) else text
+
+
 def _refusal(exc: Exception) -> str:
     """Why a connection error will not go away by retrying (never a password)."""
+    if _sentinels_refused(exc):
+        return (
+            "the sentinels refused the credentials: give theirs in the transport options' "
+            "sentinel_kwargs = {'password': ...} (the URL's password is the master's)"
+        )
     if isinstance(exc, AuthenticationError):
         return (
             f"authentication failed ({exc}): check the user name and password in the URL "
@@ -210,6 +229,9 @@ class RedisConnection:
         self._lock = threading.Lock()
         self._pid = -1
         self._client: redis.Redis | None = None
+        self._sentinels: list[redis.Redis] = []  # the sentinels' clients, behind Sentinel
+        self._follow_at = 0.0  # when follow_master asks the sentinels next (monotonic)
+        self._master_seen: tuple[Any, ...] | None = None
         # Idle connections for ``execute`` (the hot path): a deque is safe to pop and
         # append from any thread without a lock. Emptied after a fork.
         self._idle: deque[ConnectionInterface] = deque()
@@ -243,7 +265,7 @@ class RedisConnection:
                         **tcp,
                     )
                     if self._sentinel is not None:
-                        self._client = master_client(self._sentinel, **options)
+                        self._client, self._sentinels = master_client(self._sentinel, **options)
                     else:
                         try:
                             self._client = redis.Redis.from_url(
@@ -265,6 +287,8 @@ class RedisConnection:
             except PERMANENT as exc:
                 raise backoff.refused(exc) from None
             except TRANSIENT as exc:
+                if _sentinels_refused(exc):
+                    raise backoff.refused(exc) from None
                 time.sleep(backoff.next_delay(exc))
 
     async def aexecute(
@@ -283,6 +307,8 @@ class RedisConnection:
             except PERMANENT as exc:
                 raise backoff.refused(exc) from None
             except TRANSIENT as exc:
+                if _sentinels_refused(exc):
+                    raise backoff.refused(exc) from None
                 await asyncio.sleep(backoff.next_delay(exc))
 
     async def _asend(self, packed: bytes, wait: bool) -> Any:
@@ -301,12 +327,12 @@ class RedisConnection:
                 reply = exc
             if wait:
                 deadline = time.monotonic() + self.retry_for
-                acked = await conn.read_response()
+                acked = await _aread_wait(conn)
                 while not self._replicated(acked, deadline):
                     if self._sentinel is not None and await _amaster_moved(pool, conn):
                         raise ServerDemoted("the sentinels name another master")
                     await conn.send_command("WAIT", self.replica_acks, WAIT_SLICE_MS)
-                    acked = await conn.read_response()
+                    acked = await _aread_wait(conn)
             if isinstance(reply, ResponseError):
                 raise reply
             return reply
@@ -334,18 +360,43 @@ class RedisConnection:
                 driver_info=None,
                 **tcp,
             )
+            sentinels: list[aredis.Redis] = []
             if self._sentinel is not None:
-                client = amaster_client(self._sentinel, **options)
+                client, sentinels = amaster_client(self._sentinel, **options)
             else:
                 try:
                     client = aredis.Redis.from_url(_with_redis_py_names(self.url), **options)
                 except ValueError as exc:
                     raise _malformed(self.url, exc) from None
-            keeper = _close_with_loop(client)
+            keeper = _close_with_loop(client, *sentinels)
             held = self._aclients[loop] = (client, keeper)
             # started, so that the loop tracks it: its shutdown closes the client
             await anext(keeper)
         return held[0]
+
+    def longest_block(self, longest: float) -> float:
+        """How long one blocking read may last: behind Sentinel, short enough that an idle
+        consumer soon looks again at which server is master (``follow_master``)."""
+        return longest if self._sentinel is None else min(longest, FOLLOW_SECONDS)
+
+    def follow_master(self) -> None:
+        """Behind Sentinel, at most every ``FOLLOW_SECONDS``: ask the sentinels which
+        server is master and, if it moved, drop every connection to the old one.
+
+        A failover leaves the old master running, and taking reads and writes, until the
+        sentinels demote it some seconds later. A writer with replica acks notices
+        (``_await_replicas``); a consumer that finds nothing to fetch writes nothing,
+        and would wait on the old master until its demotion.
+        """
+        if self._sentinel is None or time.monotonic() < self._follow_at:
+            return
+        self._follow_at = time.monotonic() + FOLLOW_SECONDS
+        pool: Any = self.client.connection_pool  # a SentinelConnectionPool
+        address = tuple(pool.get_master_address())
+        if self._master_seen is not None and address != self._master_seen:
+            logger.warning("the sentinels name a new master: %s:%s", *address)
+            self._drop_idle()
+        self._master_seen = address
 
     def execute(self, *args: Any, replicated: bool = False) -> Any:
         """One command on an idle connection, without redis-py's pool bookkeeping (its
@@ -410,7 +461,10 @@ class RedisConnection:
             if self._sentinel is not None and _master_moved(self.client.connection_pool, conn):
                 raise ServerDemoted("the sentinels name another master")
             conn.send_command("WAIT", self.replica_acks, WAIT_SLICE_MS)  # type: ignore[no-untyped-call]
-            acked = conn.read_response()
+            try:
+                acked = conn.read_response()
+            except ResponseError as exc:
+                raise _demoted(exc) if _was_demoted(exc) else exc from exc
 
     def _replicated(self, acked: Any, deadline: float) -> bool:
         """Whether a ``WAIT`` reply counts ``replica_acks`` replicas; ``unavailable`` once
@@ -458,9 +512,11 @@ class RedisConnection:
         with self._lock:
             pid = os.getpid()
             if self._client is not None and self._pid == pid:
-                self._client.close()
-                self._client.connection_pool.disconnect()
+                for client in (self._client, *self._sentinels):
+                    client.close()
+                    client.connection_pool.disconnect()
             self._client = None
+            self._sentinels = []
             if self._idle_pid == pid:
                 while self._idle:
                     self._idle.pop().disconnect()  # type: ignore[no-untyped-call]
@@ -486,16 +542,26 @@ class _Backoff:
         self.attempt += 1
         if self.attempt == 1:
             self.deadline = time.monotonic() + self.window
-            logger.warning("Redis connection error (%s); retrying", exc)
+            logger.warning("Redis connection error (%s); retrying", _brief(exc))
         left = self.deadline - time.monotonic()
         if left <= 0:
             where = redact_url(self.conn.url)
             raise self.conn.unavailable(
-                f"Redis at {where} unavailable after {self.attempt} attempts: {exc}"
+                f"Redis at {where} unavailable after {self.attempt} attempts: {_brief(exc)}"
             ) from None
         wait = min(left, self.delay * random.uniform(0.5, 1.5))
         self.delay = min(self.delay * 2, 2.0)
         return wait
+
+
+async def _aread_wait(conn: Any) -> Any:
+    """A ``WAIT`` reply; a demotion that cut the wait short is a connection error."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        if _was_demoted(exc):
+            raise _demoted(exc) from exc
+        raise
 
 
 def _master_moved(pool: Any, conn: Any) -> bool:
@@ -517,12 +583,13 @@ async def _amaster_moved(pool: Any, conn: Any) -> bool:
     return (conn.host, conn.port) != tuple(address)
 
 
-async def _close_with_loop(client: aredis.Redis) -> AsyncIterator[None]:
+async def _close_with_loop(*clients: aredis.Redis) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        with contextlib.suppress(Exception):
-            await client.aclose()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
 
 @dataclass(frozen=True, slots=True)

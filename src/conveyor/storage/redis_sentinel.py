@@ -24,6 +24,9 @@ import redis
 import redis.asyncio as aredis
 import redis.asyncio.sentinel as asentinel
 import redis.sentinel
+from redis.asyncio.retry import Retry as ARetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conveyor.config import redact_url
 from conveyor.exceptions import ConfigurationError
@@ -158,28 +161,39 @@ def _master_kwargs(target: SentinelTarget, connection: Mapping[str, Any]) -> dic
     return kwargs
 
 
-def _sentinel_kwargs(target: SentinelTarget, connection: Mapping[str, Any]) -> dict[str, Any]:
-    # the sentinels get the socket options, never the master's password
-    kwargs = {k: v for k, v in connection.items() if k.startswith("socket_")}
+def _sentinel_kwargs(
+    target: SentinelTarget, connection: Mapping[str, Any], no_retry: object
+) -> dict[str, Any]:
+    # the sentinels get the socket options, never the master's password; no retries of
+    # redis-py's own (3, with back-off, per sentinel): the caller's retries are the policy
+    kwargs: dict[str, Any] = {k: v for k, v in connection.items() if k.startswith("socket_")}
+    kwargs["retry"] = no_retry
     kwargs.update(target.sentinel_kwargs)
     return kwargs
 
 
-def master_client(target: SentinelTarget, **connection: Any) -> redis.Redis:
-    """A client of the current master; each new connection asks the sentinels where it is."""
+def master_client(
+    target: SentinelTarget, **connection: Any
+) -> tuple[redis.Redis, list[redis.Redis]]:
+    """A client of the current master, each new connection of which asks the sentinels
+    where it is; and the clients of the sentinels, to close with it."""
     manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, connection)
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_kwargs(target, connection, Retry(NoBackoff(), 0)),
     )
     kwargs = _master_kwargs(target, connection)
     kwargs.setdefault("connection_class", _MasterConnection)
     client = manager.master_for(target.master_name, **kwargs)  # type: ignore[no-untyped-call]
-    return cast("redis.Redis", client)
+    return cast("redis.Redis", client), list(manager.sentinels)
 
 
-def amaster_client(target: SentinelTarget, **connection: Any) -> aredis.Redis:
+def amaster_client(
+    target: SentinelTarget, **connection: Any
+) -> tuple[aredis.Redis, list[aredis.Redis]]:
     """``master_client`` for one event loop (redis.asyncio)."""
     manager = asentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels), sentinel_kwargs=_sentinel_kwargs(target, connection)
+        list(target.sentinels),
+        sentinel_kwargs=_sentinel_kwargs(target, connection, ARetry(NoBackoff(), 0)),
     )
     client = manager.master_for(target.master_name, **_master_kwargs(target, connection))
-    return cast("aredis.Redis", client)
+    return cast("aredis.Redis", client), list(manager.sentinels)

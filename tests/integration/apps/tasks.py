@@ -11,8 +11,10 @@ worker process, at start-up; in the test process, again by ``configure``):
   [the setting's default]
 * ``CONVEYOR_TEST_ALLOW_EVICTION``: ``redis_allow_eviction``, ``1`` or ``0`` [0]
 * ``CONVEYOR_TEST_EXECUTIONS``: the executions log (see ``apps.executions``)
+* ``CONVEYOR_TEST_REPLICA_ACKS``: ``broker_replica_acks`` behind Sentinel [1]
 
-The broker and results come from ``$CONVEYOR_BROKER_URL``, as in production.
+The broker and results come from ``$CONVEYOR_BROKER_URL``, as in production. A
+``sentinel://`` URL names the test topology's sentinels, which watch ``mymaster``.
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ def _seconds(variable: str, setting: str) -> float:
     return float(value) if value else float(SETTINGS[setting].default)
 
 
+#: The master the test suite's sentinels watch (tests/redis_topology.py).
+SENTINEL_MASTER = "mymaster"
+
+
 def settings_from_env() -> dict[str, Any]:
     """The settings this app takes from the environment."""
+    # reset when not behind Sentinel: a test process runs tests of every broker in turn
+    sentinel: dict[str, Any] = {"broker_transport_options": {}, "broker_replica_acks": 0}
+    if os.environ.get("CONVEYOR_BROKER_URL", "").startswith("sentinel://"):
+        sentinel = {
+            "broker_transport_options": {"master_name": SENTINEL_MASTER},
+            "broker_replica_acks": int(os.environ.get("CONVEYOR_TEST_REPLICA_ACKS", "1")),
+        }
     return {
+        **sentinel,
         "broker_lease_timeout": float(os.environ.get("CONVEYOR_TEST_LEASE_TIMEOUT", "2.0")),
         "broker_max_deliveries": int(os.environ.get("CONVEYOR_TEST_MAX_DELIVERIES", "5")),
         "task_acks_late": os.environ.get("CONVEYOR_TEST_ACKS_LATE", "1") == "1",

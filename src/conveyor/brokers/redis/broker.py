@@ -292,9 +292,12 @@ class RedisBroker(RedisCoordination, RedisMonitoring, Broker):
             if left <= 0:
                 return []
             wait_us = int(reply[1])
-            block = min(left, MAX_BLOCK) if wait_us < 0 else min(left, MAX_BLOCK, wait_us / 1e6)
+            longest = self._conn.longest_block(MAX_BLOCK)
+            block = min(left, longest) if wait_us < 0 else min(left, longest, wait_us / 1e6)
             if block <= 0.001:
                 continue
+            # an idle consumer writes nothing that could tell it the master moved
+            self._call(lambda _: self._conn.follow_master())
             self._block(wake_keys, block)
 
     def _block(self, wake_keys: list[str], seconds: float) -> None:
