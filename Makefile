@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck layers redis browser unit lock clean docs dashboard-screenshots bench bench-quick bench-lock bench-memory chaos
+.PHONY: demo test lint typecheck layers redis browser unit lock clean docs dashboard-screenshots bench bench-quick bench-lock bench-memory chaos failover
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@./scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
@@ -51,6 +51,12 @@ test: redis browser lint typecheck layers
 # `make test` runs a short version. CHAOS_ARGS: more options (python -m chaos --help, in tests/).
 chaos: $(STAMP) redis
 	cd tests && $(abspath $(BIN))/python -m chaos --json ../docs/chaos-results.json $(CHAOS_ARGS)
+
+# Failovers under load behind Sentinel (docs/scaling.md) with a longer load than `make test`'s:
+# CONVEYOR_FAILOVER_TASKS tasks per run [20000].
+failover: $(STAMP) redis
+	CONVEYOR_FAILOVER_TASKS=$${CONVEYOR_FAILOVER_TASKS:-20000} $(BIN)/python -m pytest -q \
+		tests/integration/test_sentinel_failover.py
 
 # Side by side with Celery, Dramatiq, RQ, arq and SAQ on one redis-server (docs/benchmarks.md).
 # Each peer gets its own virtualenv under .bench/venvs from bench/requirements/*.txt.

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import redis
@@ -178,7 +178,34 @@ class _Sentinel(RedisServer):
         return config.read_text() if config.exists() else super()._config()
 
 
-class SentinelTopology:
+class _Topology:
+    """What both topologies share: their processes' life cycle."""
+
+    _clients: _Clients
+
+    def _processes(self) -> list[RedisServer]:
+        """Every process, in the order to stop them."""
+        raise NotImplementedError
+
+    def start(self, timeout: float = WAIT_SECONDS) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop every process, even after a failure."""
+        self._clients.close()
+        for server in self._processes():
+            with contextlib.suppress(Exception):
+                server.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class SentinelTopology(_Topology):
     """A master, replicas (``replicaof``) and sentinels monitoring ``master_name``.
 
     ``password``: every data node's ``requirepass`` and ``masterauth``, and the sentinels'
@@ -265,19 +292,9 @@ class SentinelTopology:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """Stop every process (sentinels first, so that they start no failover)."""
-        self._clients.close()
-        for server in (*self.sentinels, *self.nodes):
-            with contextlib.suppress(Exception):
-                server.stop()
-
-    def __enter__(self) -> SentinelTopology:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _processes(self) -> list[RedisServer]:
+        # sentinels first, so that they start no failover while the nodes stop
+        return [*self.sentinels, *self.nodes]
 
     def reset(self, timeout: float = WAIT_SECONDS) -> None:
         """Every process running, the topology healthy and every database empty."""
@@ -553,7 +570,7 @@ class _ClusterNode:
         return bool(self.flags & {"fail", "fail?", "handshake", "noaddr"})
 
 
-class ClusterTopology:
+class ClusterTopology(_Topology):
     """``masters`` cluster masters with ``replicas_per_master`` replicas each.
 
     ``password``: every node's ``requirepass`` and ``masterauth``.
@@ -615,19 +632,8 @@ class ClusterTopology:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """Stop every node."""
-        self._clients.close()
-        for node in self.nodes:
-            with contextlib.suppress(Exception):
-                node.stop()
-
-    def __enter__(self) -> ClusterTopology:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _processes(self) -> list[RedisServer]:
+        return list(self.nodes)
 
     def reset(self, timeout: float = WAIT_SECONDS) -> None:
         """Every node running, the cluster healthy and every master (so every replica) empty."""
